@@ -1,0 +1,175 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""The model's input contract, in one place for training (the bundle) and serving (the app).
+
+The exported model takes float RGB in [0, 1], NCHW, ``MODEL_INPUT_SIZE`` square, and returns one channel of
+lesion logits at that size.  Photos of any size are squashed to that square (no aspect-ratio padding: the ISIC
+data the model learns from were squashed the same way), and the logits are resized back to the photo's size
+before the sigmoid, so a mask lines up with its source pixel for pixel.
+
+Arrays are ``(H, W, 3)`` uint8 as every image library reads a photo (rows first), never MONAI's ``PILReader``
+``(W, H)`` order.  ``torch.nn.functional.interpolate`` does the resizing everywhere, with antialiasing when
+shrinking, so the bundle's configs and the app's operator give bit-identical model inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Hashable, Mapping, Sequence, Tuple
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+import torch.nn.functional as F
+
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Transform
+
+__all__ = [
+    "MODEL_INPUT_SIZE",
+    "rgb_to_model_input",
+    "mask_to_model_target",
+    "logits_to_probability",
+    "probability_to_mask",
+    "read_rgb",
+    "read_mask",
+    "LoadRGBd",
+    "LoadMaskd",
+    "PrepareRGB",
+    "PrepareRGBd",
+    "PrepareMaskd",
+]
+
+MODEL_INPUT_SIZE: Tuple[int, int] = (256, 256)
+
+
+def read_rgb(path) -> np.ndarray:
+    """Read a photo file (JPEG, PNG, ...) as ``(H, W, 3)`` uint8 RGB, upright as its EXIF orientation says.
+
+    Grey, palette, RGBA (alpha dropped) and 16-bit images are converted to 8-bit RGB.  Pillow's
+    decompression-bomb guard stays on: an image declaring more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels
+    raises before its pixels are decoded.
+    """
+    with PIL.Image.open(path) as im:
+        im = PIL.ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit grey: scale to 8 bits by the type's range, not by clipping
+            im = PIL.Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).astype(np.uint8))
+        return np.asarray(im.convert("RGB"))
+
+
+def read_mask(path) -> np.ndarray:
+    """Read a mask file as ``(H, W)`` uint8 in {0, 1} (ISIC masks hold 0 and 255; anything non-zero is lesion)."""
+    with PIL.Image.open(path) as im:
+        return (np.asarray(im.convert("L")) > 0).astype(np.uint8)
+
+
+def _as_hwc_uint8_tensor(image) -> torch.Tensor:
+    """Check an ``(H, W, 3)`` uint8 array or tensor and return it as a tensor without copying where possible."""
+    array = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image of shape (H, W, 3), got shape {tuple(array.shape)}")
+    if array.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 RGB pixels, got {array.dtype}")
+    return array
+
+
+def rgb_to_model_input(image, size: Sequence[int] = MODEL_INPUT_SIZE) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 RGB to the model's ``(3, *size)`` float32 input in [0, 1].
+
+    Scaling happens before resizing so the antialiasing filter works on the final value range.
+    """
+    chw = _as_hwc_uint8_tensor(image).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    if tuple(chw.shape[-2:]) != tuple(size):
+        chw = F.interpolate(chw, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return chw[0].clamp_(0.0, 1.0)
+
+
+def mask_to_model_target(mask, size: Sequence[int] = MODEL_INPUT_SIZE) -> torch.Tensor:
+    """``(H, W)`` mask (0 = background, anything else = lesion) to a ``(1, *size)`` float32 target in {0, 1}.
+
+    Nearest-neighbour keeps the target binary, as the loss expects.
+    """
+    target = (torch.as_tensor(np.asarray(mask)) > 0).float()
+    if target.ndim != 2:
+        raise ValueError(f"expected a mask of shape (H, W), got shape {tuple(target.shape)}")
+    target = target[None, None]
+    if tuple(target.shape[-2:]) != tuple(size):
+        target = F.interpolate(target, size=tuple(size), mode="nearest-exact")
+    return target[0]
+
+
+def logits_to_probability(logits: torch.Tensor, original_size: Sequence[int]) -> torch.Tensor:
+    """Model logits ``(B, 1, h, w)`` to lesion probabilities ``(B, 1, H, W)`` at the photo's size.
+
+    The logits are resized (bilinear) before the sigmoid: a smoother boundary than resizing probabilities.
+    """
+    if logits.ndim != 4:
+        raise ValueError(f"expected logits of shape (B, 1, h, w), got {tuple(logits.shape)}")
+    if tuple(logits.shape[-2:]) != tuple(original_size):
+        logits = F.interpolate(logits.float(), size=tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
+    return torch.sigmoid(logits.float())
+
+
+def probability_to_mask(probability: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Lesion probabilities to a uint8 mask in {0, 1}."""
+    return (probability >= threshold).to(torch.uint8)
+
+
+class LoadRGBd(MapTransform):
+    """Replace file paths under ``keys`` with ``(H, W, 3)`` uint8 arrays read by :func:`read_rgb`."""
+
+    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = read_rgb(d[key])
+        return d
+
+
+class LoadMaskd(MapTransform):
+    """Replace file paths under ``keys`` with ``(H, W)`` uint8 masks read by :func:`read_mask`."""
+
+    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = read_mask(d[key])
+        return d
+
+
+class PrepareRGB(Transform):
+    """MONAI transform form of :func:`rgb_to_model_input`."""
+
+    def __init__(self, size: Sequence[int] = MODEL_INPUT_SIZE) -> None:
+        self.size = tuple(size)
+
+    def __call__(self, image) -> torch.Tensor:
+        return rgb_to_model_input(image, self.size)
+
+
+class PrepareRGBd(MapTransform):
+    """Dictionary form of :class:`PrepareRGB`; keeps the photo's ``(H, W)`` under ``"<key>_original_size"``."""
+
+    def __init__(self, keys: KeysCollection, size: Sequence[int] = MODEL_INPUT_SIZE, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.size = tuple(size)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            d[f"{key}_original_size"] = torch.tensor(np.asarray(image).shape[:2])
+            d[key] = rgb_to_model_input(image, self.size)
+        return d
+
+
+class PrepareMaskd(MapTransform):
+    """Dictionary form of :func:`mask_to_model_target`."""
+
+    def __init__(self, keys: KeysCollection, size: Sequence[int] = MODEL_INPUT_SIZE, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.size = tuple(size)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = mask_to_model_target(d[key], self.size)
+        return d
