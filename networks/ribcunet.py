@@ -141,10 +141,12 @@ class ConvGRUCell(nn.Module):
         h~ = tanh(W_xh * x + b_h + r o (W_hh * h))       candidate
         h' = (1 - z) o h~ + z o h                        new state
 
-    The three input convolutions run as one convolution (``input_transform``), and so do the three recurrent
-    ones; the biases sit on the input side only, since a second bias on the recurrent side would add nothing
-    but a term inside the reset product.  A state of ``None`` is the all-zero initial state: the recurrent
-    convolutions are skipped (they would give zeros) and the step reduces to ``h' = (1 - z) o h~``.
+    No work is spent on terms that are known to vanish.  A state of ``None`` is the all-zero initial state:
+    then every ``W_h* * h`` is zero and the reset gate multiplies zero, so the step reduces to
+    ``h' = (1 - sigmoid(W_xz * x + b_z)) o tanh(W_xh * x + b_h)`` and neither the recurrent convolutions nor
+    the reset gate's input convolution run.  Otherwise the input convolutions run as two fused convolutions
+    (``[z | candidate]`` and ``r``) and the three recurrent ones as one.  The biases sit on the input side only:
+    a second bias on the recurrent side would add nothing but a term inside the reset product.
 
     Args:
         spatial_dims: 2 or 3.
@@ -163,28 +165,36 @@ class ConvGRUCell(nn.Module):
         conv_type = Conv[Conv.CONV, spatial_dims]
         pad = kernel_size // 2
         self.hidden_channels = hidden_channels
-        # output channel order of both convolutions: [z | r | candidate]
-        self.conv_x = conv_type(in_channels, 3 * hidden_channels, kernel_size, padding=pad, bias=True)
-        self.conv_h = conv_type(hidden_channels, 3 * hidden_channels, kernel_size, padding=pad, bias=False)
+        self.conv_x_zc = conv_type(in_channels, 2 * hidden_channels, kernel_size, padding=pad, bias=True)  # [z | h~]
+        self.conv_x_r = conv_type(in_channels, hidden_channels, kernel_size, padding=pad, bias=True)
+        self.conv_h = conv_type(hidden_channels, 3 * hidden_channels, kernel_size, padding=pad, bias=False)  # [z | r | h~]
 
-    def input_transform(self, x: torch.Tensor) -> torch.Tensor:
-        """``[W_xz * x + b_z | W_xr * x + b_r | W_xh * x + b_h]``; it does not depend on the state, so callers
-        with several inputs can compute it for all of them in one batched call."""
-        return self.conv_x(x)
+    def input_zc(self, x: torch.Tensor) -> torch.Tensor:
+        """``[W_xz * x + b_z | W_xh * x + b_h]``: state-free, so callers may batch several inputs in one call."""
+        return self.conv_x_zc(x)
 
-    def step(self, x_gates: torch.Tensor, h: Optional[torch.Tensor]) -> torch.Tensor:
-        """One GRU update from a precomputed ``input_transform(x)`` and the previous state (``None`` = zeros)."""
-        xz, xr, xh = torch.split(x_gates, self.hidden_channels, dim=1)
-        if h is None:
-            return (1.0 - torch.sigmoid(xz)) * torch.tanh(xh)
-        hz, hr, hh = torch.split(self.conv_h(h), self.hidden_channels, dim=1)
+    def input_r(self, x: torch.Tensor) -> torch.Tensor:
+        """``W_xr * x + b_r``: needed only for steps from a non-zero state."""
+        return self.conv_x_r(x)
+
+    def first_step(self, x_zc: torch.Tensor) -> torch.Tensor:
+        """The step from the all-zero state, given ``input_zc(x)``."""
+        xz, xc = torch.chunk(x_zc, 2, dim=1)
+        return (1.0 - torch.sigmoid(xz)) * torch.tanh(xc)
+
+    def step(self, x_zc: torch.Tensor, x_r: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The step from state ``h``, given ``input_zc(x)`` and ``input_r(x)``."""
+        xz, xc = torch.chunk(x_zc, 2, dim=1)
+        hz, hr, hc = torch.chunk(self.conv_h(h), 3, dim=1)
         z = torch.sigmoid(xz + hz)
-        r = torch.sigmoid(xr + hr)
-        candidate = torch.tanh(xh + r * hh)
+        r = torch.sigmoid(x_r + hr)
+        candidate = torch.tanh(xc + r * hc)
         return candidate + z * (h - candidate)  # = (1 - z) o candidate + z o h, one multiply fewer
 
     def forward(self, x: torch.Tensor, h: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.step(self.input_transform(x), h)
+        if h is None:
+            return self.first_step(self.input_zc(x))
+        return self.step(self.input_zc(x), self.input_r(x), h)
 
 
 class BiConvGRUFusion(nn.Module):
@@ -197,7 +207,8 @@ class BiConvGRUFusion(nn.Module):
         y     = tanh(W_fwd * h_fwd + W_bwd * h_bwd)
 
     ``W_fwd`` and ``W_bwd`` are 1x1 convolutions applied as one convolution of the concatenated states (the
-    same maths).  Each direction's input convolutions for both sequence steps run as one batched call.
+    same maths).  Each direction's ``[z | candidate]`` input convolution runs once, batched over both sequence
+    steps; the reset gate's only for the second step (the first starts from the zero state).
     This replaces the concatenation of a U-Net's skip connection; as in BCDU-Net, with GRU cells.
 
     Args:
@@ -217,10 +228,10 @@ class BiConvGRUFusion(nn.Module):
 
     def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         pair = torch.cat([skip, up], dim=0)  # chunk, not split by size, so exports keep a dynamic batch
-        fwd_skip, fwd_up = torch.chunk(self.forward_cell.input_transform(pair), 2, dim=0)
-        bwd_skip, bwd_up = torch.chunk(self.backward_cell.input_transform(pair), 2, dim=0)
-        h_fwd = self.forward_cell.step(fwd_up, self.forward_cell.step(fwd_skip, None))
-        h_bwd = self.backward_cell.step(bwd_skip, self.backward_cell.step(bwd_up, None))
+        fwd_skip, fwd_up = torch.chunk(self.forward_cell.input_zc(pair), 2, dim=0)
+        bwd_skip, bwd_up = torch.chunk(self.backward_cell.input_zc(pair), 2, dim=0)
+        h_fwd = self.forward_cell.step(fwd_up, self.forward_cell.input_r(up), self.forward_cell.first_step(fwd_skip))
+        h_bwd = self.backward_cell.step(bwd_skip, self.backward_cell.input_r(skip), self.backward_cell.first_step(bwd_up))
         return torch.tanh(self.combine(torch.cat([h_fwd, h_bwd], dim=1)))
 
 

@@ -23,9 +23,11 @@ def _seed():
 def reference_gru_step(cell: ConvGRUCell, x, h):
     """The four ConvGRU equations, line by line, with separate convolutions for each weight."""
     c = cell.hidden_channels
-    wx, bx = cell.conv_x.weight, cell.conv_x.bias
+    # input weights in equation order z, r, candidate
+    wx = torch.cat([cell.conv_x_zc.weight[:c], cell.conv_x_r.weight, cell.conv_x_zc.weight[c:]])
+    bx = torch.cat([cell.conv_x_zc.bias[:c], cell.conv_x_r.bias, cell.conv_x_zc.bias[c:]])
     wh = cell.conv_h.weight
-    pad = cell.conv_x.padding
+    pad = cell.conv_x_r.padding
     conv = F.conv2d if x.dim() == 4 else F.conv3d
 
     def wx_(i, inp):
@@ -60,14 +62,16 @@ def test_convgru_cell_matches_equations(spatial_dims):
     assert cell(x).shape == h.shape
 
 
-def test_convgru_zero_state_skips_recurrent_convolution():
+def test_convgru_zero_state_skips_vanishing_convolutions():
+    """From the zero state neither the recurrent convolution nor the reset gate's input convolution runs."""
     cell = ConvGRUCell(2, 3, 4)
     calls = []
-    cell.conv_h.register_forward_hook(lambda *_: calls.append(1))
+    cell.conv_h.register_forward_hook(lambda *_: calls.append("h"))
+    cell.conv_x_r.register_forward_hook(lambda *_: calls.append("r"))
     cell(torch.randn(1, 3, 8, 8))
     assert calls == []
     cell(torch.randn(1, 3, 8, 8), torch.randn(1, 4, 8, 8))
-    assert calls == [1]
+    assert sorted(calls) == ["h", "r"]
 
 
 def test_convgru_rejects_even_kernel():
