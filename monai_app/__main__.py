@@ -1,0 +1,66 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""``python -m monai_app -i IN -o OUT [-m MODEL]`` (or HOLOSCAN_INPUT_PATH / _OUTPUT_PATH / _MODEL_PATH).
+
+Exit status: 0 when the batch ran (whatever single files failed: results.json says which and why), 2 when it
+could not start (bad setting, no model, unwritable OUT), 1 when it stopped part way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from monai.deploy.core import parse_args
+from monai.deploy.core.runtime_env import RuntimeEnv
+
+from operators.model import resolve_model_file
+
+from .app import SkinLesionSegApp
+from .settings import DEFAULT_MODEL_PATH, AppSettings
+
+
+def _preflight(argv) -> AppSettings:
+    """Check what the run needs before starting the graph, with a message a person can act on."""
+    if "HOLOSCAN_MODEL_PATH" not in os.environ:
+        os.environ["HOLOSCAN_MODEL_PATH"] = str(DEFAULT_MODEL_PATH)  # -m still takes precedence
+    settings = AppSettings.from_env()
+    args = parse_args(argv)  # the SDK's own parser: exits 2 on a missing -i / -m path
+    env = RuntimeEnv()
+    input_path = Path(args.input or env.input)
+    output_folder = Path(args.output or env.output)
+    if not input_path.exists():
+        raise FileNotFoundError(f"input {input_path} does not exist")
+    resolve_model_file(args.model or env.model)  # FileNotFoundError / ValueError where there is no TorchScript
+    output_folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.NamedTemporaryFile(dir=output_folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise PermissionError(f"output folder {output_folder} is not writable: {exc.strerror}") from None
+    return settings
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        settings = _preflight(argv)
+    except (ValueError, OSError) as exc:
+        print(f"monai_app: cannot run: {exc}", file=sys.stderr)
+        return 2
+    app = SkinLesionSegApp(settings=settings)
+    try:
+        app.run()
+    except Exception as exc:
+        logging.getLogger("monai_app").error("the batch stopped: %s: %s", type(exc).__name__, exc)
+        return 1
+    if not app.finished:
+        print("monai_app: the batch did not run to its end; see the log", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""The skin-lesion segmentation application: photos in, DICOM-SEG, SR, overlays and results.json out."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+from monai.deploy.core import Application
+
+from operators import (
+    ConfidenceRoutingOperator,
+    LesionSegmentationOperator,
+    LesionSegWriterOperator,
+    MeasurementReportWriterOperator,
+    OverlayWriterOperator,
+    ResultsWriterOperator,
+    SkinPhotoLoaderOperator,
+)
+
+from .settings import AppSettings
+
+__all__ = ["SkinLesionSegApp"]
+
+
+class SkinLesionSegApp(Application):
+    """Segments the skin lesion in every dermoscopy image or photo under the input folder.
+
+    Input: DICOM Dermoscopic Photography (DMS), VL Photographic (XC), RGB Secondary Capture, plain JPEG/PNG
+    photos, in any folder layout.  Output, per image in ``OUT/<SOPInstanceUID>/``: a BINARY DICOM-SEG, a
+    FRACTIONAL (probability) SEG, a TID 1500 SR with the lesion area and the confidence, an overlay PNG and
+    a burned-in overlay Secondary Capture (plus ``source.dcm``, the DICOM wrapper of a plain photo); and
+    ``OUT/results.json`` with one entry per input file, its confidence and its route (accepted | review).
+    """
+
+    def __init__(self, *args, settings: Optional[AppSettings] = None, **kwargs):
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.settings = settings or AppSettings.from_env()
+        self.results_writer: Optional[ResultsWriterOperator] = None
+        super().__init__(*args, **kwargs)
+
+    def run(self, *args, **kwargs):
+        self._logger.info("Begin %s", self.run.__name__)
+        super().run(*args, **kwargs)
+        self._logger.info("End %s", self.run.__name__)
+
+    @property
+    def finished(self) -> bool:
+        """True once every input file has its entry in results.json."""
+        return self.results_writer is not None and self.results_writer.finished
+
+    def compose(self):
+        app_context = Application.init_app_context(self.argv)
+        # highdicom logs every attribute module it copies at INFO: keep the default log about the batch
+        logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
+        input_path = Path(app_context.input_path)
+        output_folder = Path(app_context.output_path)
+        model_path = Path(app_context.model_path)
+        settings = self.settings
+
+        # The loader is the source: it stops itself after the last file (a CountCondition cannot know how many
+        # chunks a folder makes), and every operator after it runs once per chunk of cases.
+        load_photos = SkinPhotoLoaderOperator(
+            self, input_path=input_path, chunk_size=settings.batch_size, name="load_photos"
+        )
+        segment_lesions = LesionSegmentationOperator(
+            self, model_path=model_path, batch_size=settings.batch_size, name="segment_lesions"
+        )
+        score_confidence = ConfidenceRoutingOperator(
+            self, threshold=settings.confidence_threshold, name="score_confidence"
+        )
+        write_seg = LesionSegWriterOperator(
+            self, output_folder=output_folder, write_probability_seg=settings.write_probability_seg, name="write_seg"
+        )
+        write_sr = MeasurementReportWriterOperator(self, output_folder=output_folder, name="write_sr")
+        write_overlays = OverlayWriterOperator(self, output_folder=output_folder, name="write_overlays")
+        self.results_writer = write_results = ResultsWriterOperator(
+            self, output_folder=output_folder, settings=settings.for_results(), name="write_results"
+        )
+
+        self.add_flow(load_photos, segment_lesions, {("cases", "cases")})
+        self.add_flow(segment_lesions, score_confidence, {("cases", "cases")})
+        self.add_flow(score_confidence, write_seg, {("cases", "cases")})
+        self.add_flow(write_seg, write_sr, {("cases", "cases")})
+        self.add_flow(write_sr, write_overlays, {("cases", "cases")})
+        # Seam for the edge loop (DERMSEG_EDGE_STORE) and the PACS sender (DERMSEG_SEND_TO): each will be an
+        # operator taking and giving "cases", inserted here, before results.json records the outputs.
+        for variable, value in (("DERMSEG_EDGE_STORE", settings.edge_store), ("DERMSEG_SEND_TO", settings.send_to)):
+            if value:
+                self._logger.warning("%s is set, but this version has no such step yet: ignored", variable)
+        self.add_flow(write_overlays, write_results, {("cases", "cases")})
+
+
+if __name__ == "__main__":
+    SkinLesionSegApp().run()

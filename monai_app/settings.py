@@ -1,0 +1,51 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""The app's settings beyond the SDK's -i/-o/-m flags: environment variables, as a MAP is configured."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional
+
+from operators.confidence import THRESHOLD_ENV, threshold_from_env
+
+__all__ = ["AppSettings", "DEFAULT_MODEL_PATH"]
+
+# Where the training bundle exports its model (`make export` there); a MAP sets HOLOSCAN_MODEL_PATH instead.
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "training_bundle" / "models" / "model.ts"
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    confidence_threshold: float
+    edge_store: Optional[Path]  # DERMSEG_EDGE_STORE: the edge loop's sample store and review queue (issue 6)
+    send_to: Optional[str]  # DERMSEG_SEND_TO: where results go, a PACS AE or a STOW-RS URL (PACS issue)
+    batch_size: int
+    write_probability_seg: bool
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "AppSettings":
+        """Read and check the settings; a bad value is a ValueError naming the variable."""
+        environ = os.environ if environ is None else environ
+        batch_raw = environ.get("DERMSEG_BATCH_SIZE", "8").strip() or "8"
+        if not batch_raw.isdigit() or not 1 <= int(batch_raw) <= 256:
+            raise ValueError(f"DERMSEG_BATCH_SIZE={batch_raw!r} must be a whole number from 1 to 256")
+        probability = environ.get("DERMSEG_PROBABILITY_SEG", "1").strip().lower()
+        if probability not in ("0", "1", "true", "false", "yes", "no"):
+            raise ValueError(f"DERMSEG_PROBABILITY_SEG={probability!r} must be 1 or 0")
+        return cls(
+            confidence_threshold=threshold_from_env(environ),
+            edge_store=Path(environ["DERMSEG_EDGE_STORE"]) if environ.get("DERMSEG_EDGE_STORE") else None,
+            send_to=environ.get("DERMSEG_SEND_TO") or None,
+            batch_size=int(batch_raw),
+            write_probability_seg=probability in ("1", "true", "yes"),
+        )
+
+    def for_results(self) -> dict:
+        """What results.json records about the run (no paths: they may name a site's layout)."""
+        return {
+            THRESHOLD_ENV: self.confidence_threshold,
+            "edge_store": self.edge_store is not None,
+            "send_to": self.send_to is not None,
+        }

@@ -1,0 +1,144 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""What flows between the operators: one :class:`Case` per input file, and helpers every operator shares.
+
+A batch travels through the pipeline as a list of cases.  Every case carries its own status, so a file that
+failed to load (or to segment, or to write) is simply passed along as an ``error`` case until the results
+writer records it: one bad file never stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+__all__ = ["Case", "CaseBatch", "ModelInfo", "CaseStatus", "is_valid_uid", "atomic_write_bytes", "atomic_write_with", "case_output_dir"]
+
+
+class CaseStatus:
+    OK = "ok"
+    ERROR = "error"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Name and version of the model that made a result (from the TorchScript's embedded metadata.json)."""
+
+    name: str
+    version: str
+
+
+@dataclass
+class Case:
+    """One photograph on its way through the pipeline.
+
+    ``source_file`` is relative to the input folder (it goes into results.json as is).  ``source`` is the DICOM
+    dataset the outputs reference: the file as read, or the VL Photographic wrapper built for a plain photo
+    (``wrapped`` is then True and the writer stores the wrapper in OUT).  ``rgb`` is ``(H, W, 3)`` uint8.
+    """
+
+    source_file: str
+    status: str = CaseStatus.OK
+    error: Optional[str] = None
+    source: Any = None  # pydicom.Dataset
+    wrapped: bool = False
+    rgb: Optional[np.ndarray] = None
+    # filled by the segmentation operator
+    probability: Optional[np.ndarray] = None  # (H, W) float32 in [0, 1]
+    mask: Optional[np.ndarray] = None  # (H, W) uint8 in {0, 1}
+    model: Optional[ModelInfo] = None
+    # filled by the confidence operator
+    confidence: Optional[float] = None
+    route: Optional[str] = None
+    # filled by the writers
+    lesion_area_mm2: Optional[float] = None
+    lesion_area_px: Optional[int] = None
+    outputs: Dict[str, str] = field(default_factory=dict)  # kind -> path relative to OUT
+    written: Dict[str, Any] = field(default_factory=dict)  # kind -> dataset, for writers further down (SR -> SEG)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == CaseStatus.OK
+
+    @property
+    def sop_instance_uid(self) -> Optional[str]:
+        uid = getattr(self.source, "SOPInstanceUID", None) if self.source is not None else None
+        return str(uid) if uid else None
+
+    def fail(self, stage: str, exc: BaseException | str) -> None:
+        """Turn this case into an error entry; pixels are dropped so a failed case holds no memory."""
+        message = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        self.status = CaseStatus.ERROR
+        self.error = f"{self.source_file}: {stage} failed: {message}"
+        self.rgb = self.probability = self.mask = None
+        self.written.clear()
+
+    def release_pixels(self) -> None:
+        """Drop the arrays once everything is written: a long batch must not keep every image in memory."""
+        self.rgb = self.probability = self.mask = None
+        self.written.clear()
+
+
+class CaseBatch(list):
+    """A chunk of cases as one message between operators; ``last`` marks the final chunk of the run."""
+
+    def __init__(self, cases=(), last: bool = False):
+        super().__init__(cases)
+        self.last = bool(last)
+
+
+# DICOM PS3.5 9.1: digits and dots, no leading zero in a component (not enforced: real files break it), <= 64.
+_UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_valid_uid(uid: object) -> bool:
+    """True for a UID that is safe to use in a file name (and well formed enough for a PACS)."""
+    return isinstance(uid, str) and len(uid) <= 64 and _UID_PATTERN.fullmatch(uid) is not None
+
+
+def case_output_dir(output_root: Path, case: Case) -> Path:
+    """The folder for one case's outputs: ``OUT/<SOPInstanceUID of the source>``.
+
+    The name comes from a validated UID only, so no value in an input file can point outside OUT.
+    """
+    uid = case.sop_instance_uid
+    if not is_valid_uid(uid):
+        raise ValueError(f"source SOPInstanceUID {uid!r} is not a valid DICOM UID")
+    folder = Path(output_root) / uid
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def atomic_write_with(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary name in ``path``'s folder, then rename it into place.
+
+    A reader (or a re-run after a crash) sees either the old file or the complete new one, never a partial one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write_with(path, write)

@@ -1,0 +1,48 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""Confidence operator: a confidence in [0, 1] per case and its route, ``accepted`` or ``review``."""
+
+from __future__ import annotations
+
+import logging
+from typing import List
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from .case import Case
+from .confidence import DEFAULT_THRESHOLD, lesion_confidence, route_for
+
+__all__ = ["ConfidenceRoutingOperator"]
+
+
+class ConfidenceRoutingOperator(Operator):
+    """Scores each segmentation with :func:`operators.confidence.lesion_confidence` and routes it.
+
+    Named input:
+        cases: list of Case with ``probability``.
+    Named output:
+        cases: the same list; ``ok`` cases now carry ``confidence`` and ``route``
+        (``accepted`` at or above ``threshold``, ``review`` below: a person checks and corrects it).
+    """
+
+    def __init__(self, fragment: Fragment, *args, threshold: float = DEFAULT_THRESHOLD, **kwargs):
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"confidence threshold {threshold} must be between 0 and 1")
+        self.threshold = float(threshold)
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec):
+        spec.input("cases")
+        spec.output("cases")
+
+    def compute(self, op_input, op_output, context):
+        cases: List[Case] = op_input.receive("cases")
+        for case in cases:
+            if not case.ok:
+                continue
+            try:
+                case.confidence = lesion_confidence(case.probability)
+                case.route = route_for(case.confidence, self.threshold)
+            except Exception as exc:
+                case.fail("confidence", exc)
+        op_output.emit(cases, "cases")

@@ -1,0 +1,93 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""Segmentation operator: the shared preprocessing, the TorchScript model, the probability map, the mask."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+# The one definition of the model's input, shared with the training bundle: serving can never drift from training.
+from networks.preprocessing import logits_to_probability, probability_to_mask, rgb_to_model_input
+
+from .case import Case
+from .model import load_torchscript_model
+
+__all__ = ["LesionSegmentationOperator", "segment_cases"]
+
+
+def segment_cases(cases: List[Case], model, model_info, device, batch_size: int = 8) -> None:
+    """Fill ``probability`` and ``mask`` of every ``ok`` case, several cases per model call.
+
+    A batch that fails as a whole is retried one case at a time, so only the case at fault becomes an error.
+    """
+    todo = []
+    for case in cases:
+        if not case.ok:
+            continue
+        try:
+            todo.append((case, rgb_to_model_input(case.rgb)))
+        except Exception as exc:
+            case.fail("preprocessing", exc)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        try:
+            _run(batch, model, model_info, device)
+        except Exception:
+            for item in batch:
+                try:
+                    _run([item], model, model_info, device)
+                except Exception as exc:
+                    item[0].fail("segmentation", exc)
+
+
+def _run(batch, model, model_info, device) -> None:
+    inputs = torch.stack([model_input for _, model_input in batch]).to(device)
+    with torch.inference_mode():
+        logits = model(inputs)
+    if logits.ndim != 4 or logits.shape[0] != len(batch) or logits.shape[1] != 1:
+        raise ValueError(f"model returned shape {tuple(logits.shape)}, expected ({len(batch)}, 1, h, w)")
+    for index, (case, _) in enumerate(batch):
+        height, width = case.rgb.shape[:2]
+        probability = logits_to_probability(logits[index : index + 1].float().cpu(), (height, width))
+        case.probability = probability[0, 0].numpy()
+        case.mask = probability_to_mask(probability)[0, 0].numpy()
+        case.model = model_info
+
+
+class LesionSegmentationOperator(Operator):
+    """Segments the skin lesion in each case with the TorchScript model, loaded once.
+
+    Named input:
+        cases: list of Case with ``rgb`` (H, W, 3) uint8.
+    Named output:
+        cases: the same list; ``ok`` cases now carry ``probability`` (H, W) float32 at the photo's size,
+        ``mask`` (H, W) uint8 and ``model`` (name and version from the model's embedded metadata).
+    """
+
+    def __init__(self, fragment: Fragment, *args, model_path: Path, batch_size: int = 8, device: Optional[str] = None, **kwargs):
+        self.model_path = Path(model_path)
+        self.batch_size = max(1, int(batch_size))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._model = None
+        self.model_info = None
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec):
+        spec.input("cases")
+        spec.output("cases")
+
+    def start(self):
+        # Once per run, not per chunk: a model load costs more than a batch.
+        self._model, self.model_info = load_torchscript_model(self.model_path, self.device)
+        self._logger.info("model %s version %s on %s", self.model_info.name, self.model_info.version, self.device)
+
+    def compute(self, op_input, op_output, context):
+        cases: List[Case] = op_input.receive("cases")
+        segment_cases(cases, self._model, self.model_info, self.device, self.batch_size)
+        op_output.emit(cases, "cases")

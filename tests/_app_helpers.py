@@ -1,0 +1,73 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""Helpers for the app and operator tests: a tiny TorchScript model and DICOM/photo inputs from real ISIC images.
+
+Not a conftest.py (other test modules of the project have their own); import what you need.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+DATA_512 = Path("/work/shared/data/isic2018_task1_512")
+SAMPLES = REPO / "samples"
+TINY_MODEL_METADATA = {"name": "dermseg_tiny_test", "version": "0.0.1-test", "description": "random weights, tests only"}
+
+
+def _load_make_samples():
+    spec = importlib.util.spec_from_file_location("dermseg_make_samples", SAMPLES / "make_samples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_samples = _load_make_samples()
+photo_dataset = make_samples.photo_dataset
+save_dicom = make_samples.save
+DERMOSCOPIC_PHOTOGRAPHY = make_samples.DERMOSCOPIC_PHOTOGRAPHY
+VL_PHOTOGRAPHIC = make_samples.VL_PHOTOGRAPHIC
+SECONDARY_CAPTURE = make_samples.SECONDARY_CAPTURE
+
+
+def make_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A small random RIBCUNet exported as the bundle exports it: TorchScript with metadata.json embedded."""
+    from networks import RIBCUNet
+
+    torch.manual_seed(seed)
+    model = torch.jit.script(RIBCUNet(channels=(4, 8, 16, 32, 64)).eval())
+    torch.jit.save(model, str(path), _extra_files={"metadata.json": json.dumps(TINY_MODEL_METADATA)})
+    return Path(path)
+
+
+def isic_rgb(name: str = "ISIC_0000000", size: int | None = 96) -> np.ndarray:
+    """A real dermoscopy image, small by default so tests stay fast."""
+    return make_samples.isic_rgb(name, DATA_512, size)
+
+
+def run_app(input_path: Path, output_path: Path, model_path: Path, env: dict | None = None, timeout: int = 240):
+    """``python -m monai_app -i IN -o OUT -m MODEL`` in a subprocess, as a user or a MAP runs it."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    command = ["bash", "-c", 'ulimit -s 32768 2>/dev/null; exec "$0" "$@"', PYTHON, "-m", "monai_app",
+               "-i", str(input_path), "-o", str(output_path), "-m", str(model_path)]
+    return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_results(output_path: Path) -> dict:
+    return json.loads((Path(output_path) / "results.json").read_text())
+
+
+def dciodvfy_errors(path: Path) -> list:
+    """The error lines dciodvfy (dicom3tools) reports for a file; warnings are not errors."""
+    tool = Path(PYTHON).parent / "dciodvfy"
+    result = subprocess.run([str(tool), "-new", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
