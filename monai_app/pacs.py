@@ -465,8 +465,9 @@ def send_outputs(
     if not parsed:
         _log.info("no send target given (%s): nothing sent", ENV_SEND_TO)
         return summary
+    read_results(out_dir)  # a missing or broken results.json is reported before anything else happens
     with _OutputFolderLock(out_dir):
-        results = read_results(out_dir)
+        results = read_results(out_dir)  # again, now that no other sender can be writing it
         objects = find_dicom_outputs(out_dir, results)
         summary.objects = len(objects)
         existing = {(r.get("path"), r.get("target")): r for r in results.get("transfers", []) if isinstance(r, dict)}
