@@ -149,7 +149,7 @@ def isic_rgb(name: str, data: Path = DEFAULT_DATA, size: Optional[int] = None) -
         im = im.convert("RGB")
         if size:
             im = im.resize((size, size), PIL.Image.BILINEAR)
-        return np.asarray(im)
+        return np.array(im)
 
 
 # The demo set: (ISIC image, file, how it is stored, invented patient)

@@ -39,11 +39,22 @@ SECONDARY_CAPTURE = make_samples.SECONDARY_CAPTURE
 
 
 def make_tiny_model(path: Path, seed: int = 0) -> Path:
-    """A small random RIBCUNet exported as the bundle exports it: TorchScript with metadata.json embedded."""
+    """A small random RIBCUNet exported as the bundle exports it: TorchScript with metadata.json embedded.
+
+    Random weights give logits near a constant (an all-lesion or all-background mask proves little), so the
+    head is scaled and centred on a real image: the masks then cover part of each image, with sharp edges.
+    """
     from networks import RIBCUNet
+    from networks.preprocessing import rgb_to_model_input
 
     torch.manual_seed(seed)
-    model = torch.jit.script(RIBCUNet(channels=(4, 8, 16, 32, 64)).eval())
+    network = RIBCUNet(channels=(4, 8, 16, 32, 64)).eval()
+    with torch.no_grad():
+        network.head.weight.mul_(40.0)
+        network.head.bias.zero_()
+        logits = network(rgb_to_model_input(isic_rgb("ISIC_0000000", 256))[None])
+        network.head.bias.fill_(-float(logits.median()))
+    model = torch.jit.script(network)
     torch.jit.save(model, str(path), _extra_files={"metadata.json": json.dumps(TINY_MODEL_METADATA)})
     return Path(path)
 
@@ -71,3 +82,45 @@ def dciodvfy_errors(path: Path) -> list:
     tool = Path(PYTHON).parent / "dciodvfy"
     result = subprocess.run([str(tool), "-new", str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+def run_operator_alone(make_operator, cases=None, has_output: bool = True):
+    """Run one operator in a Holoscan app of its own: a feeder emits ``cases`` once (unless the operator is the
+    source), a collector keeps what comes out.  Returns the list of batches the operator emitted.
+
+    ``make_operator(app)`` builds the operator under test inside ``compose()``.
+    """
+    from holoscan.conditions import CountCondition
+
+    from monai.deploy.core import Application, Operator
+
+    from operators.case import CaseBatch
+
+    collected = []
+
+    class Feeder(Operator):
+        def setup(self, spec):
+            spec.output("cases")
+
+        def compute(self, op_input, op_output, context):
+            op_output.emit(CaseBatch(cases, last=True), "cases")
+
+    class Collector(Operator):
+        def setup(self, spec):
+            spec.input("cases")
+
+        def compute(self, op_input, op_output, context):
+            collected.append(op_input.receive("cases"))
+
+    class OneOperatorApp(Application):
+        def compose(self):
+            under_test = make_operator(self)
+            if cases is not None:
+                self.add_flow(Feeder(self, CountCondition(self, 1), name="feeder"), under_test, {("cases", "cases")})
+            if has_output:
+                self.add_flow(under_test, Collector(self, name="collector"), {("cases", "cases")})
+            elif cases is None:
+                self.add_operator(under_test)
+
+    OneOperatorApp([sys.executable]).run()
+    return collected

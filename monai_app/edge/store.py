@@ -338,10 +338,12 @@ class EdgeStore:
             for top in (CASES_FOLDER, MODELS_FOLDER):
                 for folder, subfolders, file_names in os.walk(self.root / top, topdown=False):
                     folder_path = Path(folder)
-                    for name in file_names + subfolders:
+                    # os.walk lists a link to a folder among the folders; real folders are handled on the way up
+                    links = [name for name in subfolders if (folder_path / name).is_symlink()]
+                    for name in file_names + links:
                         path = folder_path / name
                         relpath = path.relative_to(self.root).as_posix()
-                        if relpath == f"{MODELS_FOLDER}/{ACTIVE_LINK}" or (not path.is_symlink() and path.is_dir()):
+                        if relpath == f"{MODELS_FOLDER}/{ACTIVE_LINK}":
                             continue
                         if relpath not in referenced:
                             path.unlink()
@@ -572,23 +574,26 @@ class EdgeStore:
     def write_datalist(self, path) -> dict:
         """Write a MONAI datalist of every accepted and corrected sample to ``path`` (atomically); return it.
 
-        ``{"training": [{"image": abs PNG, "label": abs PNG mask 0/255, ...}]}``: the training bundle reads
-        images with ``networks.preprocessing.read_rgb`` and labels with ``read_mask``.  A corrected case's label
-        is the reviewer's mask.  Extra keys say where each sample came from; every value is a string or a float
-        so that a DataLoader collates them.
+        ``{"training": [{"image": abs PNG, "label": abs PNG mask 0/255}], "edge_samples": [...]}``: the training
+        bundle reads images with ``networks.preprocessing.read_rgb`` and labels with ``read_mask``.  A corrected
+        case's label is the reviewer's mask.  The training entries hold ``image`` and ``label`` only, exactly
+        as ISIC's do: the bundle concatenates both lists, and a batch mixing entries with different keys cannot
+        be collated.  Where each sample came from is in ``edge_samples``, index for index.
         """
-        training = [
-            {
-                "image": str(case.files["image"]),
-                "label": str(case.training_label),
-                "sop_instance_uid": case.sop_instance_uid,
-                "sample": case.state,
-                "model_version": case.model_version,
-                "confidence": float(case.confidence),
-            }
-            for case in self.cases((ROUTE_ACCEPTED, STATE_CORRECTED))
-        ]
-        datalist = {"training": training}
+        samples = self.cases((ROUTE_ACCEPTED, STATE_CORRECTED))
+        datalist = {
+            "description": f"dermseg edge samples from {self.root}: accepted by the model or corrected by a reviewer",
+            "training": [{"image": str(case.files["image"]), "label": str(case.training_label)} for case in samples],
+            "edge_samples": [
+                {
+                    "sop_instance_uid": case.sop_instance_uid,
+                    "sample": case.state,
+                    "model_version": case.model_version,
+                    "confidence": case.confidence,
+                }
+                for case in samples
+            ],
+        }
         path = Path(path).absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_durably(path, (json.dumps(datalist, indent=1) + "\n").encode())

@@ -1,0 +1,412 @@
+"""Each operator of the MONAI Deploy app alone, and the plain functions behind it, on files built from real images."""
+
+import io
+import json
+import os
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import PIL.Image
+import pydicom
+import pytest
+import torch
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from scipy import ndimage
+
+from networks.preprocessing import logits_to_probability, probability_to_mask, rgb_to_model_input
+from operators import (
+    Case,
+    ConfidenceRoutingOperator,
+    LesionSegmentationOperator,
+    LesionSegWriterOperator,
+    MeasurementReportWriterOperator,
+    ModelInfo,
+    OverlayWriterOperator,
+    ResultsWriterOperator,
+    SkinPhotoLoaderOperator,
+)
+from operators.case import atomic_write_bytes, case_output_dir, is_valid_uid
+from operators.confidence import flip_agreement, lesion_confidence, route_for, threshold_from_env
+from operators.dicom_outputs import (
+    build_binary_seg,
+    build_fractional_seg,
+    build_measurement_report,
+    build_overlay_sc,
+    lesion_area,
+    overlay_rgb,
+)
+from operators.loader import MAX_PIXELS, iter_input_files, load_file
+from operators.model import load_torchscript_model, resolve_model_file
+from operators.segmentation import segment_cases
+
+from _app_helpers import (
+    DERMOSCOPIC_PHOTOGRAPHY,
+    SECONDARY_CAPTURE,
+    TINY_MODEL_METADATA,
+    VL_PHOTOGRAPHIC,
+    dciodvfy_errors,
+    isic_rgb,
+    make_tiny_model,
+    photo_dataset,
+    run_operator_alone,
+    save_dicom,
+)
+
+MODEL_INFO = ModelInfo(TINY_MODEL_METADATA["name"], TINY_MODEL_METADATA["version"])
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.ts")
+
+
+@pytest.fixture(scope="module")
+def rgb():
+    return isic_rgb("ISIC_0000000", 96)
+
+
+def _non_photo(path: Path, sop_class: str, modality: str) -> Path:
+    """A small CT-like or SR-like DICOM file: readable, but not a photograph."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = modality
+    ds.PatientName = "Test^Patient"
+    if modality == "CT":
+        ds.Rows = ds.Columns = 4
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.zeros((4, 4), np.int16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- loader
+
+
+@pytest.mark.parametrize(
+    "sop_class, compression",
+    [
+        (DERMOSCOPIC_PHOTOGRAPHY, "none"),
+        (DERMOSCOPIC_PHOTOGRAPHY, "jpeg"),
+        (VL_PHOTOGRAPHIC, "none"),
+        (VL_PHOTOGRAPHIC, "jpeg"),
+        (SECONDARY_CAPTURE, "none"),
+        (DERMOSCOPIC_PHOTOGRAPHY, "ybr-header-rgb-bytes"),
+    ],
+)
+def test_loader_reads_dicom_photographs(tmp_path, rgb, sop_class, compression):
+    path = save_dicom(photo_dataset(rgb, sop_class_uid=sop_class, compression=compression), tmp_path / "x.dcm")
+    case = load_file(path, "x.dcm")
+    assert case.ok, case.error
+    assert case.rgb.shape == rgb.shape and case.rgb.dtype == np.uint8
+    if compression == "jpeg":  # lossy: close, not equal (and surely not left in YBR)
+        assert np.abs(case.rgb.astype(int) - rgb).mean() < 4
+    else:
+        np.testing.assert_array_equal(case.rgb, rgb)
+    assert not case.wrapped and case.source.SOPClassUID == sop_class
+    assert "PixelData" not in case.source  # the pixels live in case.rgb only
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "StudyID", "AccessionNumber", "Modality"):
+        assert keyword in case.source
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_loader_wraps_plain_photos_as_vl_photographic(tmp_path, rgb, suffix):
+    photo = tmp_path / f"phone{suffix}"
+    PIL.Image.fromarray(rgb).save(photo, quality=95)
+    case = load_file(photo, photo.name)
+    assert case.ok and case.wrapped
+    ds = case.source
+    assert ds.SOPClassUID == VL_PHOTOGRAPHIC and ds.Modality == "XC"
+    assert ds.PatientName == "" and ds.PatientID == ""  # no sidecar: empty patient fields
+    assert all(is_valid_uid(ds.get(k)) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"))
+    if suffix == ".png":
+        np.testing.assert_array_equal(case.rgb, rgb)
+    # the wrapper is a valid DICOM VL Photographic image
+    out = tmp_path / "wrapped.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    assert dciodvfy_errors(out) == []
+    np.testing.assert_array_equal(pydicom.dcmread(out).pixel_array, case.rgb)
+    # the same photo gets the same UIDs (re-runs add nothing twice)
+    assert load_file(photo, photo.name).source.SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_loader_reads_sidecar_patient_fields_and_rejects_bad_ones(tmp_path, rgb):
+    photo = tmp_path / "lesion.jpg"
+    PIL.Image.fromarray(rgb).save(photo)
+    (tmp_path / "lesion.jpg.json").write_text(json.dumps({"PatientName": "Émile^Zoë", "PatientID": "P-77", "PatientSex": "M"}))
+    case = load_file(photo, "lesion.jpg")
+    assert case.ok and str(case.source.PatientName) == "Émile^Zoë" and case.source.PatientID == "P-77"
+    (tmp_path / "lesion.jpg.json").write_text(json.dumps({"PatientSex": "unknown"}))
+    bad = load_file(photo, "lesion.jpg")
+    assert bad.status == "error" and "lesion.jpg" in bad.error and "PatientSex" in bad.error
+    assert [p.name for p in iter_input_files(tmp_path)] == ["lesion.jpg"]  # the sidecar is not an input
+
+
+def test_loader_grey_and_rgba_png(tmp_path, rgb):
+    grey = tmp_path / "grey.png"
+    PIL.Image.fromarray(rgb).convert("L").save(grey)
+    rgba = tmp_path / "rgba.png"
+    PIL.Image.fromarray(rgb).convert("RGBA").save(rgba)
+    for path in (grey, rgba):
+        case = load_file(path, path.name)
+        assert case.ok and case.rgb.shape == rgb.shape
+
+
+def test_loader_skips_non_photo_dicom_and_reports_bad_files(tmp_path, rgb):
+    ct = load_file(_non_photo(tmp_path / "ct.dcm", "1.2.840.10008.5.1.4.1.1.2", "CT"), "ct.dcm")
+    assert ct.status == "skipped" and "CT Image Storage" in ct.error
+    sr = load_file(_non_photo(tmp_path / "sr.dcm", "1.2.840.10008.5.1.4.1.1.88.33", "SR"), "sr.dcm")
+    assert sr.status == "skipped" and "not a photograph" in sr.error
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert load_file(tmp_path / "notes.txt", "notes.txt").status == "skipped"
+
+    good = save_dicom(photo_dataset(rgb), tmp_path / "good.dcm")
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    case = load_file(truncated, "truncated.dcm")
+    assert case.status == "error" and case.error.startswith("truncated.dcm: loading failed")
+
+    ds = photo_dataset(rgb)
+    ds.Rows = ds.Columns = 20_000  # a decompression bomb's declared size, refused before decoding
+    case = load_file(save_dicom(ds, tmp_path / "huge.dcm"), "huge.dcm")
+    assert case.status == "error" and str(MAX_PIXELS) in case.error
+
+    ds = photo_dataset(rgb)
+    ds.SOPInstanceUID = "../../etc/passwd"
+    case = load_file(save_dicom(ds, tmp_path / "evil.dcm"), "evil.dcm")
+    assert case.status == "error" and "SOPInstanceUID" in case.error
+
+
+def test_loader_operator_alone_walks_nested_folders_in_chunks(tmp_path, rgb):
+    study = "1.2.3.4.5"
+    series = "1.2.3.4.5.6"
+    for n in (1, 2, 3):  # several photos in one series
+        ds = photo_dataset(rgb, study_instance_uid=study, series_instance_uid=series, instance_number=n)
+        save_dicom(ds, tmp_path / "a" / "b" / f"IM{n}.dcm")
+    duplicate = tmp_path / "z" / "copy.dcm"
+    duplicate.parent.mkdir()
+    duplicate.write_bytes((tmp_path / "a" / "b" / "IM1.dcm").read_bytes())
+    batches = run_operator_alone(
+        lambda app: SkinPhotoLoaderOperator(app, input_path=tmp_path, chunk_size=3, name="load")
+    )
+    assert [len(b) for b in batches] == [3, 1] and [b.last for b in batches] == [False, True]
+    cases = [c for b in batches for c in b]
+    assert [c.source_file for c in cases] == ["a/b/IM1.dcm", "a/b/IM2.dcm", "a/b/IM3.dcm", "z/copy.dcm"]
+    assert [c.status for c in cases] == ["ok", "ok", "ok", "error"]
+    assert "duplicate SOPInstanceUID" in cases[3].error and "a/b/IM1.dcm" in cases[3].error
+
+
+def test_loader_operator_alone_on_empty_folder(tmp_path):
+    batches = run_operator_alone(lambda app: SkinPhotoLoaderOperator(app, input_path=tmp_path, name="load"))
+    assert len(batches) == 1 and list(batches[0]) == [] and batches[0].last
+
+
+# --------------------------------------------------------------------------------------------- segmentation
+
+
+def test_model_loads_as_torchscript_with_metadata(tiny_model_path, tmp_path):
+    module, info = load_torchscript_model(tiny_model_path)
+    assert info == MODEL_INFO
+    folder = tmp_path / "models" / "dermseg"
+    folder.mkdir(parents=True)
+    (folder / "model.ts").write_bytes(tiny_model_path.read_bytes())
+    assert resolve_model_file(tmp_path / "models") == folder / "model.ts"  # a MAP's model folder
+    pickle = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(1)}, pickle, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="TorchScript"):
+        resolve_model_file(pickle)
+    with pytest.raises(FileNotFoundError):
+        resolve_model_file(tmp_path / "missing.ts")
+
+
+def test_segmentation_matches_the_model_called_directly(tiny_model_path):
+    module, info = load_torchscript_model(tiny_model_path)
+    images = [isic_rgb("ISIC_0000000", 64), isic_rgb("ISIC_0000001", None)[:300, :200].copy(), isic_rgb("ISIC_0000003", 80)]
+    cases = [Case(source_file=f"{i}", rgb=im) for i, im in enumerate(images)]
+    cases.insert(1, Case(source_file="bad", status="error", error="already failed"))
+    segment_cases(cases, module, info, torch.device("cpu"), batch_size=2)
+    assert cases[1].status == "error" and cases[1].probability is None
+    for case in (c for c in cases if c.ok):
+        with torch.inference_mode():
+            logits = module(rgb_to_model_input(case.rgb)[None])
+        probability = logits_to_probability(logits, case.rgb.shape[:2])
+        assert case.probability.shape == case.rgb.shape[:2] and case.mask.shape == case.rgb.shape[:2]
+        np.testing.assert_allclose(case.probability, probability[0, 0].numpy(), atol=1e-5)
+        mismatch = case.mask != probability_to_mask(probability)[0, 0].numpy()
+        assert (np.abs(probability[0, 0].numpy()[mismatch] - 0.5) < 1e-4).all()
+        assert case.model == MODEL_INFO
+        assert 0 < case.mask.mean() < 1  # the tiny model draws a real boundary
+
+
+def test_segmentation_operator_alone(tiny_model_path, rgb):
+    cases = [Case(source_file="a", rgb=rgb), Case(source_file="b", rgb=rgb[:50])]
+    (batch,) = run_operator_alone(
+        lambda app: LesionSegmentationOperator(app, model_path=tiny_model_path, batch_size=4, name="segment"), cases
+    )
+    assert [c.mask.shape for c in batch] == [(96, 96), (50, 96)] and batch.last
+
+
+# --------------------------------------------------------------------------------------------- confidence
+
+
+def test_confidence_means_something():
+    sharp = np.zeros((64, 64), np.float32)
+    sharp[16:48, 16:48] = 0.99
+    sharp[sharp == 0] = 0.01
+    washed = np.full((64, 64), 0.02, np.float32)
+    washed[8:56, 8:56] = np.linspace(0.3, 0.7, 48)[None, :]
+    nothing = np.full((64, 64), 0.1, np.float32)
+    c_sharp, c_washed, c_nothing = (lesion_confidence(p) for p in (sharp, washed, nothing))
+    assert 0.95 < c_sharp <= 1.0
+    assert 0.0 < c_washed < 0.3
+    assert c_nothing == 0.0
+    assert route_for(c_sharp, 0.8) == "accepted" and route_for(c_washed, 0.8) == "review"
+    assert route_for(0.8, 0.8) == "accepted"
+    assert flip_agreement(sharp > 0.5, sharp > 0.5) == 1.0 and flip_agreement(sharp > 0.5, nothing > 0.5) == 0.0
+
+
+def test_confidence_threshold_from_env():
+    assert threshold_from_env({}) == 0.8
+    assert threshold_from_env({"DERMSEG_CONFIDENCE_THRESHOLD": "0.35"}) == 0.35
+    for bad in ("1.5", "-0.1", "high"):
+        with pytest.raises(ValueError, match="DERMSEG_CONFIDENCE_THRESHOLD"):
+            threshold_from_env({"DERMSEG_CONFIDENCE_THRESHOLD": bad})
+
+
+def test_confidence_operator_alone():
+    sharp = np.where(np.arange(64)[None, :] < 32, 0.99, 0.01).astype(np.float32).repeat(64, 0)
+    cases = [Case(source_file="a", probability=sharp), Case(source_file="b", probability=np.full((8, 8), 0.5, np.float32))]
+    (batch,) = run_operator_alone(lambda app: ConfidenceRoutingOperator(app, threshold=0.6, name="confidence"), cases)
+    assert [c.route for c in batch] == ["accepted", "review"]
+    assert all(0.0 <= c.confidence <= 1.0 for c in batch)
+
+
+# --------------------------------------------------------------------------------------------- writers
+
+
+def _segmented_case(rgb, tiny_model_path, **dataset_kwargs) -> Case:
+    path_free = photo_dataset(rgb, **dataset_kwargs)
+    del path_free.PixelData
+    module, info = load_torchscript_model(tiny_model_path)
+    case = Case(source_file="x.dcm", source=path_free, rgb=rgb)
+    segment_cases([case], module, info, torch.device("cpu"))
+    case.confidence = lesion_confidence(case.probability)
+    return case
+
+
+@pytest.mark.parametrize("pixel_spacing", [None, 0.02])
+def test_binary_and_fractional_seg_are_valid_and_read_back(tmp_path, rgb, tiny_model_path, pixel_spacing):
+    case = _segmented_case(rgb, tiny_model_path, pixel_spacing_mm=pixel_spacing, compression="jpeg")
+    seg = build_binary_seg(case.source, case.mask, case.model)
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    back = hd.seg.segread(path)
+    assert back.segmentation_type == hd.seg.SegmentationTypeValues.BINARY
+    assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    mask = back.get_pixels_by_source_instance([case.sop_instance_uid], combine_segments=True)[0]
+    np.testing.assert_array_equal(mask, case.mask)
+    description = back.get_segment_description(1)
+    assert description.segmented_property_type.value == "95324001"
+    assert description.segmented_property_category.value == "49755003"
+    assert description.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+    assert description.algorithm_identification[0].AlgorithmName == MODEL_INFO.name
+    assert description.algorithm_identification[0].AlgorithmVersion == MODEL_INFO.version
+    assert back.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == case.sop_instance_uid
+    assert back.PatientID == case.source.PatientID and back.StudyInstanceUID == case.source.StudyInstanceUID
+
+    fractional = build_fractional_seg(case.source, case.probability, case.model)
+    path = tmp_path / "seg_probability.dcm"
+    fractional.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    probabilities = hd.seg.segread(path).get_pixels_by_source_instance([case.sop_instance_uid])[0, ..., 0]
+    np.testing.assert_allclose(probabilities, case.probability, atol=1 / 255 + 1e-6)
+
+
+def test_measurement_report_holds_area_and_confidence(tmp_path, rgb, tiny_model_path):
+    case = _segmented_case(rgb, tiny_model_path, pixel_spacing_mm=0.05)
+    seg = build_binary_seg(case.source, case.mask, case.model)
+    area, unit = lesion_area(case.source, case.mask)
+    assert unit == "mm2" and area == pytest.approx(case.mask.sum() * 0.05 * 0.05)
+    sr = build_measurement_report(case.source, seg, case.model, area, unit, case.confidence)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    report = hd.sr.srread(path)
+    (group,) = report.content.get_planar_roi_measurement_groups()
+    values = {m.name.value: (m.value, m.unit.value) for m in group.get_measurements()}
+    assert values["42798000"] == (pytest.approx(area), "mm2")
+    assert values["111012"] == (pytest.approx(case.confidence), "1")
+    reference = group.reference_type  # the group points at the SEG's segment
+    assert reference.value == "121214"  # Referenced Segmentation Frame
+    assert seg.SOPInstanceUID in str(group)
+    # without pixel spacing the area is in pixels
+    no_spacing = _segmented_case(rgb, tiny_model_path)
+    assert lesion_area(no_spacing.source, no_spacing.mask) == (float(no_spacing.mask.sum()), "px")
+
+
+def test_overlay_png_and_secondary_capture(tmp_path, rgb, tiny_model_path):
+    case = _segmented_case(rgb, tiny_model_path)
+    overlay = overlay_rgb(case.rgb, case.mask)
+    assert overlay.shape == rgb.shape and (overlay != rgb).any()
+    far_from_lesion = ~ndimage.binary_dilation(case.mask > 0, iterations=2)
+    np.testing.assert_array_equal(overlay[far_from_lesion], rgb[far_from_lesion])  # outside: the photo untouched
+    sc = build_overlay_sc(case.source, overlay, case.model)
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    back = pydicom.dcmread(path)
+    np.testing.assert_array_equal(back.pixel_array, overlay)
+    assert back.BurnedInAnnotation == "YES" and back.StudyInstanceUID == case.source.StudyInstanceUID
+    # the app never segments its own overlays again
+    assert load_file(path, "sc.dcm").status == "skipped"
+
+
+def test_writer_operators_alone_write_atomically_inside_out(tmp_path, rgb, tiny_model_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    photo = tmp_path / "phone.png"
+    PIL.Image.fromarray(rgb).save(photo)
+    cases = [_segmented_case(rgb, tiny_model_path), load_file(photo, "phone.png")]
+    module, info = load_torchscript_model(tiny_model_path)
+    segment_cases(cases[1:], module, info, torch.device("cpu"))
+    cases[1].confidence = 0.5
+    cases.append(Case(source_file="broken.dcm", status="error", error="broken.dcm: loading failed: reasons"))
+
+    (batch,) = run_operator_alone(lambda app: LesionSegWriterOperator(app, output_folder=out, name="w1"), cases)
+    (batch,) = run_operator_alone(lambda app: MeasurementReportWriterOperator(app, output_folder=out, name="w2"), list(batch))
+    (batch,) = run_operator_alone(lambda app: OverlayWriterOperator(app, output_folder=out, name="w3"), list(batch))
+    run_operator_alone(lambda app: ResultsWriterOperator(app, output_folder=out, name="w4"), list(batch), has_output=False)
+    results = json.loads((out / "results.json").read_text())["cases"]
+    assert [r["status"] for r in results] == ["ok", "ok", "error"]
+    assert set(results[0]["outputs"]) == {"seg", "seg_probability", "sr", "overlay_png", "overlay_sc"}
+    assert set(results[1]["outputs"]) == {"source", "seg", "seg_probability", "sr", "overlay_png", "overlay_sc"}
+    for entry in results[:2]:
+        for relative in entry["outputs"].values():
+            path = (out / relative).resolve()
+            assert path.is_file() and out.resolve() in path.parents
+            assert relative.startswith(entry["source_sop_instance_uid"] + "/")
+    assert results[2]["error"] == "broken.dcm: loading failed: reasons" and results[2]["outputs"] == {}
+    leftovers = [p for p in out.rglob("*") if p.name.startswith(".") or p.suffix == ".part"]
+    assert leftovers == []
+
+
+def test_output_names_come_from_valid_uids_only(tmp_path):
+    assert is_valid_uid("1.2.840.10008.5.1.4.1.1.77.1.7")
+    for bad in ("../1.2", "1.2/3", "", "1..2", "1.2.", "1" * 65, None, "1.2\x00"):
+        assert not is_valid_uid(bad)
+    source = Dataset()
+    source.SOPInstanceUID = "../../escape"
+    with pytest.raises(ValueError, match="not a valid DICOM UID"):
+        case_output_dir(tmp_path, Case(source_file="x", source=source))
+    atomic_write_bytes(tmp_path / "f.bin", b"abc")
+    assert (tmp_path / "f.bin").read_bytes() == b"abc" and sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
