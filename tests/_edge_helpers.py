@@ -132,6 +132,8 @@ def record_test_case(store, work: Path, index: int, route: str = "accepted", mod
 
 def _child_record(store_dir: str, work: str, count: int, kill_before_commit_at: int) -> None:
     """Record cases 0..count-1 (even accepted, odd review); optionally SIGKILL itself just before a commit."""
+    import pydicom  # noqa: F401  (imported before "ready": the store imports it on its first record)
+
     from monai_app.edge.store import EdgeStore
 
     class CrashingStore(EdgeStore):
@@ -140,6 +142,7 @@ def _child_record(store_dir: str, work: str, count: int, kill_before_commit_at: 
                 os.kill(os.getpid(), signal.SIGKILL)  # files renamed into place, row not committed
 
     # Build every source first, so the parent's kill lands in the store's writes, not in test-data making.
+    Path(work).mkdir(parents=True, exist_ok=True)
     for index in range(count):
         study, series, sop = case_uids(index)
         source = Path(work) / f"{sop}.dcm"
