@@ -455,58 +455,21 @@ def test_dicomweb_errors_are_recorded_with_the_http_status(namespace, orthanc, t
     assert {r["attempts"] for r in summary.failed} == {1}  # a 404 will not fix itself: no retry
 
 
-# ---------------------------------------------------------------------------------- the round trip with the app
-def test_round_trip_study_from_orthanc_through_the_app_back_to_orthanc(namespace, orthanc, tmp_path):
-    """A dermoscopy study in the PACS is fetched, segmented by the app (DERMSEG_SEND_TO set), and the SEG and SR
-    that come back to the PACS reference the source instance."""
-    source = dermoscopy_image(size=(96, 128), seed=5)
-    source_file = tmp_path / "source.dcm"
-    source.save_as(source_file, enforce_file_format=True)
-    instance_id = orthanc.upload(source_file)
-    input_dir, out_dir = tmp_path / "in", tmp_path / "out"
-    input_dir.mkdir()
-    (input_dir / "IM0001.dcm").write_bytes(orthanc.download(instance_id))  # REST /instances/{id}/file
-    model = tiny_model(tmp_path / "model.ts", source)
-
-    env = {
-        **os.environ,
-        **QUICK_ENV,
-        "DERMSEG_SEND_TO": f"{orthanc.dicom_target},{orthanc.dicomweb_url}",
-        "DERMSEG_CALLING_AET": "DERMSEG-RT",
-    }
-    command = namespace.command(
-        ["bash", "-c", 'ulimit -s 32768 2>/dev/null; exec "$0" "$@"', PYTHON, "-m", "monai_app",
-         "-i", input_dir, "-o", out_dir, "-m", model]
-    )
-    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-
-    results = json.loads((out_dir / "results.json").read_text())
-    assert [case["status"] for case in results["cases"]] == ["ok"], results["cases"]
-    records = results.get("transfers")
-    assert records, "the app did not send: results.json has no 'transfers' (is send_outputs called at the end?)"
-    assert {r["status"] for r in records} == {"sent"}, records
-    assert {r["target"] for r in records} == {orthanc.dicom_target, orthanc.dicomweb_url}
-
-    study_uid = source.StudyInstanceUID
-    modalities = {item["00080060"]["Value"][0] for item in orthanc.qido(f"/studies/{study_uid}/series")}
-    assert {"DMS", "SEG", "SR"} <= modalities, modalities
-    for series in orthanc.qido(f"/studies/{study_uid}/series", Modality="SEG"):
-        for seg in series_metadata(orthanc, study_uid, series["0020000E"]["Value"][0]):
-            assert referenced_source_uids(seg) == {source.SOPInstanceUID}
-    sr_series = orthanc.qido(f"/studies/{study_uid}/series", Modality="SR")
-    assert sr_series, "no SR in the study"
+# --------------------------------------------------------------------------------------------- with the app
+APP_IMAGE_SIZE = (96, 128)
 
 
-def tiny_model(path: Path, image: Dataset) -> Path:
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
     """A small random RIBCUNet as the bundle exports it (TorchScript with metadata.json), its output head scaled
-    and centred on ``image`` so the mask covers part of it (random weights alone give an empty or full mask)."""
+    and centred on our test image so the mask covers part of it (random weights alone give an empty or full mask)."""
     import torch
 
     from networks import RIBCUNet
 
     torch.manual_seed(0)
     network = RIBCUNet(channels=(4, 8, 16, 32, 64)).eval()
+    image = dermoscopy_image(size=APP_IMAGE_SIZE)
     rgb = np.frombuffer(image.PixelData, np.uint8).reshape(image.Rows, image.Columns, 3)
     batch = torch.nn.functional.interpolate(
         torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255.0, size=(256, 256), mode="bilinear"
@@ -515,6 +478,88 @@ def tiny_model(path: Path, image: Dataset) -> Path:
         network.head.weight.mul_(40.0)
         network.head.bias.zero_()
         network.head.bias.fill_(-float(network(batch).median()))
+    path = tmp_path_factory.mktemp("model") / "model.ts"
     metadata = {"name": "dermseg-test", "version": "0.0.1"}
     torch.jit.save(torch.jit.script(network), str(path), _extra_files={"metadata.json": json.dumps(metadata)})
     return path
+
+
+def study_from_pacs_into_input_folder(orthanc: Orthanc, tmp_path: Path, seed: int) -> tuple:
+    """A dermoscopy image stored in the PACS (REST), then fetched back into IN (REST /instances/{id}/file), as a
+    gateway or a script would hand the app a study.  Returns (source dataset, IN, OUT)."""
+    source = dermoscopy_image(size=APP_IMAGE_SIZE, seed=seed)
+    source_file = tmp_path / "source.dcm"
+    source.save_as(source_file, enforce_file_format=True)
+    instance_id = orthanc.upload(source_file)
+    input_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    input_dir.mkdir()
+    (input_dir / "IM0001.dcm").write_bytes(orthanc.download(instance_id))
+    return source, input_dir, out_dir
+
+
+def run_app(namespace: NetworkNamespace, input_dir: Path, out_dir: Path, model: Path, send_to: str):
+    """``python -m monai_app -i IN -o OUT -m MODEL`` with DERMSEG_SEND_TO, inside the namespace."""
+    env = {**os.environ, **QUICK_ENV, "DERMSEG_SEND_TO": send_to, "DERMSEG_CALLING_AET": "DERMSEG-RT"}
+    command = namespace.command(
+        ["bash", "-c", 'ulimit -s 32768 2>/dev/null; exec "$0" "$@"', PYTHON, "-m", "monai_app",
+         "-i", input_dir, "-o", out_dir, "-m", model]
+    )
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads((out_dir / "results.json").read_text())
+    assert [case["status"] for case in results["cases"]] == ["ok"], results["cases"]
+    assert results.get("transfers"), (
+        "the app did not send: results.json has no 'transfers' "
+        "(the app must call monai_app.pacs.send_outputs(OUT) at the end of a run when DERMSEG_SEND_TO is set)"
+    )
+    return results
+
+
+def test_round_trip_study_from_orthanc_through_the_app_back_to_orthanc(namespace, orthanc, tiny_model, tmp_path):
+    """A dermoscopy study in the PACS is fetched, segmented by the app (DERMSEG_SEND_TO set), and the SEG and SR
+    that come back to the PACS reference the source instance."""
+    source, input_dir, out_dir = study_from_pacs_into_input_folder(orthanc, tmp_path, seed=5)
+
+    results = run_app(namespace, input_dir, out_dir, tiny_model, f"{orthanc.dicom_target},{orthanc.dicomweb_url}")
+
+    records = results["transfers"]
+    assert {r["status"] for r in records} == {"sent"}, records
+    assert {r["target"] for r in records} == {orthanc.dicom_target, orthanc.dicomweb_url}
+    study_uid = source.StudyInstanceUID
+    modalities = {item["00080060"]["Value"][0] for item in orthanc.qido(f"/studies/{study_uid}/series")}
+    assert {"DMS", "SEG", "SR"} <= modalities, modalities
+    seg_series = orthanc.qido(f"/studies/{study_uid}/series", Modality="SEG")
+    for series in seg_series:
+        for seg in series_metadata(orthanc, study_uid, series["0020000E"]["Value"][0]):
+            assert referenced_source_uids(seg) == {source.SOPInstanceUID}
+    assert seg_series and orthanc.qido(f"/studies/{study_uid}/series", Modality="SR")
+
+
+def test_app_run_succeeds_when_the_pacs_is_down_or_refuses_and_send_retries_later(
+    namespace, orthanc, tiny_model, tmp_path
+):
+    """The PACS refusing (wrong AE title) or down (nothing listening yet) does not fail the run; the failures are
+    recorded, and `python -m monai_app.send OUT` sends what is missing once that PACS is up."""
+    source, input_dir, out_dir = study_from_pacs_into_input_folder(orthanc, tmp_path, seed=6)
+    late = Orthanc(namespace, tmp_path / "late-orthanc", aet="LATE")
+    refusing = f"dicom://WRONG-AET@127.0.0.1:{orthanc.dicom_port}"
+    send_to = f"{refusing},{late.dicom_target}"
+
+    results = run_app(namespace, input_dir, out_dir, tiny_model, send_to)
+
+    records = results["transfers"]
+    objects = {r["path"] for r in records}
+    assert len(records) == 2 * len(objects) and {r["status"] for r in records} == {"failed"}
+    assert all(("rejected" if r["target"] == refusing else "Connection refused") in r["error"] for r in records)
+    assert all((out_dir / path).is_file() for path in objects)
+
+    late.start()
+    try:
+        retry = run_send_cli(namespace, out_dir, env={"DERMSEG_SEND_TO": send_to})
+        assert retry.returncode == 1, retry.stdout + retry.stderr  # the refusing PACS still refuses
+        after = transfers(out_dir)
+        assert {r["status"] for r in after if r["target"] == late.dicom_target} == {"sent"}
+        assert {r["status"] for r in after if r["target"] == refusing} == {"failed"}
+        assert sorted(late.sop_instance_uids()) == sorted({r["sop_instance_uid"] for r in after})
+    finally:
+        late.stop()
