@@ -95,7 +95,10 @@ def _read_seg(path: Path, data: bytes, store: EdgeStore) -> Tuple[str, np.ndarra
         raise CorrectionError(path, "neither a PNG mask named <SOPInstanceUID>.png nor a DICOM file") from None
     except Exception as exc:
         raise CorrectionError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
-    sop_class = str(dataset.get("SOPClassUID", ""))
+    file_meta = getattr(dataset, "file_meta", None)
+    sop_class = str(dataset.get("SOPClassUID", "") or (file_meta.get("MediaStorageSOPClassUID", "") if file_meta else ""))
+    if sop_class == SEGMENTATION_STORAGE and ("PixelData" not in dataset or "SegmentSequence" not in dataset):
+        raise CorrectionError(path, "damaged or truncated DICOM-SEG (no segments or no pixel data)")
     if sop_class != SEGMENTATION_STORAGE:
         name = UID(sop_class).name if sop_class else "missing"
         raise CorrectionError(
@@ -137,9 +140,9 @@ def read_correction(path, store: EdgeStore) -> CorrectedMask:
         uid = path.stem
         if not is_valid_uid(uid):
             raise CorrectionError(path, "a PNG correction must be named <SOPInstanceUID>.png (for example 1.2.3.4.png)")
+        mask, seg_path = _read_png_mask(path, data), None
         if store.get_case(uid) is None:
             raise CorrectionError(path, f"unknown UID {uid}: no such case in this store")
-        mask, seg_path = _read_png_mask(path, data), None
     else:
         uid, mask = _read_seg(path, data, store)
         seg_path = path
