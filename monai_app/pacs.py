@@ -130,7 +130,9 @@ def parse_target(text: str) -> Target:
     try:
         port = parts.port
     except ValueError:
-        raise TargetError(f"send target {shown!r}: the port must be a number from 1 to 65535") from None
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise TargetError(f"send target {shown!r}: the port must be a number from 1 to 65535")
     if scheme == "dicom":
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise TargetError(f"send target {shown!r}: a DICOM target has no path or query; {example}")
@@ -143,7 +145,7 @@ def parse_target(text: str) -> Target:
             )
         if not parts.hostname:
             raise TargetError(f"send target {shown!r}: no host; {example}")
-        if port is None or port == 0:
+        if port is None:
             raise TargetError(f"send target {shown!r}: give the PACS's DICOM port (often 104 or 11112); {example}")
         return DimseTarget(called_aet=called_aet, host=parts.hostname, port=port)
     if scheme in ("http", "https"):

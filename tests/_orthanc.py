@@ -245,6 +245,12 @@ class Orthanc:
     def download(self, instance_id: str) -> bytes:
         return self.rest("GET", f"/instances/{instance_id}/file")
 
+    def instance_id(self, sop_instance_uid: str) -> str:
+        """Orthanc's id of the instance with this SOP Instance UID (REST /tools/lookup)."""
+        matches = json.loads(self.rest("POST", "/tools/lookup", sop_instance_uid.encode("ascii")))
+        (instance,) = [match["ID"] for match in matches if match["Type"] == "Instance"]
+        return instance
+
     def instance_ids(self) -> List[str]:
         return json.loads(self.rest("GET", "/instances"))
 

@@ -291,6 +291,7 @@ def test_targets_parse_into_dimse_and_dicomweb():
         ("ftp://pacs.example.org", "unknown scheme 'ftp'"),
         ("pacs.example.org:104", "unknown scheme"),
         ("http://h:99999/dicom-web", "1 to 65535"),
+        ("dicom://PACS@h:0", "1 to 65535"),
     ],
 )
 def test_target_errors_say_what_is_wrong(text, message):
@@ -330,6 +331,23 @@ def test_dicom_outputs_are_found_by_content_in_send_order(tmp_path):
     assert all(not obj.path.endswith((".png", "notes.dcm")) for obj in objects)
 
 
+def test_stow_rs_answers_are_read_per_instance():
+    from monai_app.pacs import DicomObject, _stow_outcome
+
+    obj = DicomObject("a/seg.dcm", SEGMENTATION, "1.2.3.4", str(ExplicitVRLittleEndian))
+    stored = {"00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["1.2.3.4"]}}]}}
+    refused = {"00081198": {"vr": "SQ", "Value": [
+        {"00081155": {"vr": "UI", "Value": ["1.2.3.4"]}, "00081197": {"vr": "US", "Value": [0xC122]}}
+    ]}}
+    assert _stow_outcome(200, json.dumps(stored).encode(), obj).sent
+    assert _stow_outcome(200, b"", obj).sent  # no body to read: the status says it all
+    outcome = _stow_outcome(409, json.dumps(refused).encode(), obj)
+    assert not outcome.sent and not outcome.retryable and "failure reason 0xC122" in outcome.error
+    assert "failure reason 0xC122" in _stow_outcome(202, json.dumps(refused).encode(), obj).error
+    assert _stow_outcome(503, b"busy", obj).retryable
+    assert "not authorised" in _stow_outcome(401, b"", obj).error
+
+
 def test_cli_without_a_usable_target_or_run_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("DERMSEG_SEND_TO", raising=False)
     write_run(tmp_path)
@@ -357,8 +375,7 @@ def test_c_store_sends_seg_sr_and_images_and_records_them(namespace, orthanc, tm
     assert found[datasets["seg"].SOPInstanceUID].Modality == "SEG"
     assert found[datasets["sr"].SOPInstanceUID].Modality == "SR"
     # what Orthanc holds is the SEG of our source
-    stored = [dcmread(BytesIO(orthanc.download(i))) for i in orthanc.instance_ids()]
-    stored_seg = next(ds for ds in stored if ds.SOPInstanceUID == datasets["seg"].SOPInstanceUID)
+    stored_seg = dcmread(BytesIO(orthanc.download(orthanc.instance_id(datasets["seg"].SOPInstanceUID))))
     assert referenced_source_uids(stored_seg) == {datasets["source"].SOPInstanceUID}
 
     document = json.loads((tmp_path / "results.json").read_text())
@@ -374,6 +391,24 @@ def test_c_store_sends_seg_sr_and_images_and_records_them(namespace, orthanc, tm
         again = send_outputs(tmp_path, orthanc.dicom_target, **QUICK)
     assert (again.sent, again.already_sent, again.failed) == (0, 4, [])
     assert transfers(tmp_path) == records
+
+
+def test_an_output_rewritten_with_a_new_instance_is_sent_again(namespace, orthanc, tmp_path):
+    """A rerun of the app into the same OUT writes new instances at the same paths: those are not 'already sent'."""
+    datasets = write_run(tmp_path, seed=7)
+    with namespace.entered():
+        assert send_outputs(tmp_path, orthanc.dicom_target, **QUICK).sent == 4
+    seg = datasets["seg"]
+    seg.SOPInstanceUID = seg.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    seg.save_as(tmp_path / "study" / "IM0001" / "seg.dcm", enforce_file_format=True)
+
+    with namespace.entered():
+        summary = send_outputs(tmp_path, orthanc.dicom_target, **QUICK)
+
+    assert (summary.sent, summary.already_sent) == (1, 3)
+    (record,) = [r for r in transfers(tmp_path) if r["path"].endswith("seg.dcm")]
+    assert record["sop_instance_uid"] == seg.SOPInstanceUID and record["attempts"] == 1
+    assert orthanc.instance_id(seg.SOPInstanceUID)
 
 
 def test_stow_rs_sends_to_dicomweb_and_qido_finds_the_seg_of_the_source(namespace, orthanc, tmp_path):
