@@ -337,6 +337,7 @@ class _Outcome:
 
     error: Optional[str] = None
     retryable: bool = False
+    unreachable: bool = False  # the target did not answer at all: the other objects would fare no better
 
     @property
     def sent(self) -> bool:
@@ -379,7 +380,10 @@ def _write_json_atomically(path: Path, document: dict) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
+        try:  # keep the mode results.json had (mkstemp creates 0600)
+            os.chmod(temporary, path.stat().st_mode & 0o7777)
+        except FileNotFoundError:
+            os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -551,7 +555,12 @@ def _send_by_c_store(
                 outcomes[obj] = _Outcome("the association was closed or aborted by the PACS", retryable=True)
                 continue
             try:
-                status = assoc.send_c_store(dcmread(out_dir / obj.path))
+                dataset = dcmread(out_dir / obj.path)
+            except Exception as error:  # removed or damaged since it was listed: say so, and go on with the rest
+                outcomes[obj] = _Outcome(f"cannot read {obj.path}: {error}")
+                continue
+            try:
+                status = assoc.send_c_store(dataset)
             except ValueError as error:  # no accepted presentation context, or the file cannot be encoded
                 outcomes[obj] = _Outcome(f"not sendable on this association: {error}")
                 continue
@@ -635,8 +644,13 @@ def _send_by_stow_rs(
     becomes one huge request.  A network failure stops the batch: the rest would only time out the same way."""
     outcomes: Dict[DicomObject, _Outcome] = {}
     for index, obj in enumerate(objects):
-        outcomes[obj] = outcome = _stow_one(target, (out_dir / obj.path).read_bytes(), obj, options)
-        if outcome.retryable and outcome.error.startswith("cannot reach"):
+        try:
+            data = (out_dir / obj.path).read_bytes()
+        except OSError as error:
+            outcomes[obj] = _Outcome(f"cannot read {obj.path}: {error.strerror or error}")
+            continue
+        outcomes[obj] = outcome = _stow_one(target, data, obj, options)
+        if outcome.unreachable:
             outcomes.update(dict.fromkeys(objects[index + 1 :], outcome))
             break
     return outcomes
@@ -658,7 +672,7 @@ def _stow_one(target: DicomWebTarget, data: bytes, obj: DicomObject, options: Se
         status, payload = error.code, error.read()
     except (urllib.error.URLError, OSError) as error:  # refused, unreachable, DNS, TLS, timeout
         reason = getattr(error, "reason", None) or error
-        return _Outcome(f"cannot reach {target.stow_url}: {reason}", retryable=True)
+        return _Outcome(f"cannot reach {target.stow_url}: {reason}", retryable=True, unreachable=True)
     return _stow_outcome(status, payload, obj)
 
 

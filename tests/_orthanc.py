@@ -72,6 +72,7 @@ class NetworkNamespace:
             raise HarnessError("the Orthanc tests need root, to create a private network namespace (ip netns add)")
         if shutil.which("ip") is None:
             raise HarnessError("the Orthanc tests need `ip` (Debian package iproute2): run tests/system_deps.sh")
+        _delete_stale_namespaces(prefix)
         namespace = cls(f"{prefix}-{os.getpid()}-{next(_counter)}")
         _run(["ip", "netns", "add", namespace.name])
         try:
@@ -108,6 +109,18 @@ class NetworkNamespace:
         with self.entered(), socket.socket() as probe:
             probe.bind((LOOPBACK, 0))
             return probe.getsockname()[1]
+
+
+def _delete_stale_namespaces(prefix: str) -> None:
+    """Namespaces ``PREFIX-<pid>-<n>`` left by a test run that was killed (its pid is gone): harmless, as they
+    have only loopback, but they would pile up."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30).stdout
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name[len(prefix) + 1 :].split("-")
+        if name.startswith(prefix + "-") and len(parts) == 2 and parts[0].isdigit():
+            if not Path(f"/proc/{parts[0]}").exists():
+                subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
 
 
 def _run(argv: Sequence[str]) -> None:
@@ -186,9 +199,12 @@ class Orthanc:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(self.configuration(), indent=2))
+        # setpriv --pdeathsig: should the test process be killed before its teardown, Orthanc goes with it
+        # (`ip netns exec` and setpriv both exec, so the process id stays Orthanc's).
+        guard = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.namespace.command([ORTHANC_BINARY, "--no-jobs", config_path]),
+                self.namespace.command([*guard, ORTHANC_BINARY, "--no-jobs", config_path]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
