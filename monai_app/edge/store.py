@@ -254,6 +254,7 @@ class EdgeStore:
         (self.root / CASES_FOLDER).mkdir(parents=True, exist_ok=True)
         (self.root / MODELS_FOLDER).mkdir(exist_ok=True)
         self._thread_lock = threading.RLock()
+        self._files_written: List[Path] = []  # by the current write transaction, deleted if it rolls back
         self._lock_fd: Optional[int] = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             self._db = sqlite3.connect(
@@ -264,20 +265,25 @@ class EdgeStore:
             # FULL: a commit is on disk when commit() returns, so a committed case survives a power cut too.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            with self._write_transaction():
-                version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise EdgeStoreError(f"{self.root}: store schema {version} is newer than this software ({SCHEMA_VERSION})")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._create_schema()
             self._recover_if_alone()
         except BaseException:
             self.close()
             raise
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _create_schema(self) -> None:
+        if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # the usual case: no write lock needed just to open
+        with self._write_transaction():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise EdgeStoreError(f"{self.root}: store schema {version} is newer than this software ({SCHEMA_VERSION})")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._thread_lock:
@@ -323,13 +329,13 @@ class EdgeStore:
         except BlockingIOError:
             logger.debug("%s is open elsewhere: recovery sweep left to the next lone opener", self.root)
         else:
-            self.recover()
+            self._sweep_unreferenced_files()
         fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # blocks only while another opener sweeps
 
-    def recover(self) -> List[Path]:
+    def _sweep_unreferenced_files(self) -> List[Path]:
         """Delete every file under cases/ and models/ that no committed row references; return what went.
 
-        Called on open when this is the only process with the store open.  These files are what a killed
+        Only ever called on open, holding the exclusive lock: no other process has the store open.  These files are what a killed
         process leaves: temporary ``.part`` files, and files renamed into place whose row never committed.
         """
         removed: List[Path] = []
