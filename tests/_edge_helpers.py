@@ -73,10 +73,11 @@ def write_dms(path: Path, rgb: np.ndarray, index: int):
 
 
 def write_seg(path: Path, source_path: Path, mask: np.ndarray, label: str = "Skin lesion",
-              extra_segment: Optional[np.ndarray] = None) -> None:
+              extra_segment: Optional[np.ndarray] = None, fractional: bool = False) -> None:
     """A corrected DICOM-SEG of ``mask`` referencing the source, as a viewer saves it (built with highdicom).
 
-    ``extra_segment`` adds a second segment labelled "Ruler" (not a lesion) to check segment selection.
+    ``extra_segment`` adds a second segment labelled "Ruler" (not a lesion) to check segment selection;
+    ``fractional`` writes a FRACTIONAL SEG of ``mask`` as probabilities in [0, 1].
     """
     import highdicom as hd
     import pydicom
@@ -91,7 +92,7 @@ def write_seg(path: Path, source_path: Path, mask: np.ndarray, label: str = "Ski
             segmented_property_type=lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
         )
     ]
-    pixels = np.asarray(mask, dtype=np.uint8)[None, :, :, None]
+    pixels = np.asarray(mask, dtype=np.float32 if fractional else np.uint8)[None, :, :, None]
     if extra_segment is not None:
         descriptions.append(
             hd.seg.SegmentDescription(
@@ -101,7 +102,8 @@ def write_seg(path: Path, source_path: Path, mask: np.ndarray, label: str = "Ski
         )
         pixels = np.concatenate([pixels, np.asarray(extra_segment, dtype=np.uint8)[None, :, :, None]], axis=-1)
     seg = hd.seg.Segmentation(
-        source_images=[source], pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=[source], pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=100,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="Test reviewer", manufacturer_model_name="manual",
         software_versions="1", device_serial_number="1", omit_empty_frames=False,

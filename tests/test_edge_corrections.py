@@ -94,6 +94,20 @@ def test_seg_correction_takes_the_lesion_segment_not_the_others(review_store, tm
         np.testing.assert_array_equal(stored_label(store, SEG_CASE), corrected_mask(SEG_CASE))
 
 
+def test_fractional_seg_correction_is_lesion_from_one_half(review_store, tmp_path):
+    store_dir, work = review_store
+    folder = tmp_path / "returned"
+    folder.mkdir()
+    probability = corrected_mask(SEG_CASE) * 0.8
+    probability[0, :] = 0.3  # below one half: not lesion
+    write_seg(folder / "fractional.dcm", source_of(work, SEG_CASE), probability, fractional=True)
+    expected = corrected_mask(SEG_CASE)
+    expected[0, :] = 0
+    with EdgeStore(store_dir) as store:
+        assert import_corrections(store, folder).ok
+        np.testing.assert_array_equal(stored_label(store, SEG_CASE), expected)
+
+
 def test_bad_corrections_are_named_and_the_good_ones_still_import(review_store, tmp_path, capsys):
     store_dir, work = review_store
     folder = tmp_path / "returned"

@@ -84,6 +84,15 @@ def test_random_kills_while_recording_leave_a_consistent_store(tmp_path):
         assert store.counts() == {"accepted": CASES // 2, "review": CASES // 2, "corrected": 0}
 
 
+def test_two_writers_at_once_store_each_case_once(tmp_path):
+    store_dir, work = tmp_path / "store", tmp_path / "work"
+    first = _start_child(store_dir, work)  # builds the sources, so the second finds them
+    second = _start_child(store_dir, work)
+    assert first.wait(timeout=120) == 0 and second.wait(timeout=120) == 0
+    first.stdout.close(), second.stdout.close()
+    assert assert_store_consistent(store_dir) == CASES
+
+
 def test_kill_between_files_in_place_and_commit(tmp_path):
     store_dir, work = tmp_path / "store", tmp_path / "work"
     child = _start_child(store_dir, work, kill_before_commit_at=3)

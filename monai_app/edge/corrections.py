@@ -3,7 +3,7 @@
 
 A correction is either a PNG mask named ``<SOPInstanceUID>.png`` or a DICOM-SEG, as a viewer such as 3D Slicer
 or OHIF saves it, that references the source image (ReferencedSeriesSequence and the per-frame source image
-references, read with ``highdicom.seg.segread``).  From a SEG the segments labelled as skin lesion are taken
+references; read as ``highdicom.seg.segread`` reads it, after a check that the file is a Segmentation at all).  From a SEG the segments labelled as skin lesion are taken
 (segmented property type SNOMED CT 95324001, or a segment label containing "lesion"); where none is so labelled,
 the union of all segments.  FRACTIONAL segments count as lesion where the value is at least 0.5.
 
