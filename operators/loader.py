@@ -123,9 +123,11 @@ def dicom_to_rgb(ds: Dataset) -> np.ndarray:
     ISIC 2020 DICOMs): uncompressed YBR_FULL_422 holds 2 bytes a pixel, so 3 bytes a pixel means RGB.
     """
     sop_class = str(ds.get("SOPClassUID", ""))
+    if not sop_class:
+        raise ValueError("no SOPClassUID: not a valid DICOM instance")
     if sop_class not in PHOTO_SOP_CLASSES:
-        name = pydicom.uid.UID(sop_class).name if sop_class else "no SOPClassUID"
-        raise SkippedInput(f"SOP class {sop_class or '?'} ({name}) is not a photograph this app segments")
+        name = pydicom.uid.UID(sop_class).name
+        raise SkippedInput(f"SOP class {sop_class} ({name}) is not a photograph this app segments")
     if str(ds.get("BurnedInAnnotation", "")).upper() == "YES" and sop_class == SECONDARY_CAPTURE:
         raise SkippedInput("Secondary Capture with burned-in annotation (an overlay, not a photograph)")
     if "PixelData" not in ds:
@@ -309,6 +311,8 @@ def load_photo(path: Path, source_file: str) -> Case:
 def load_file(path: Path, source_file: str) -> Case:
     """One file to one case.  Never raises: every problem becomes an ``error`` or ``skipped`` case."""
     try:
+        if path.stat().st_size == 0:
+            raise ValueError("empty file (0 bytes)")
         try:
             return load_dicom(path, source_file)
         except InvalidDicomError:
