@@ -3,9 +3,10 @@
 
 A correction is either a PNG mask named ``<SOPInstanceUID>.png`` or a DICOM-SEG, as a viewer such as 3D Slicer
 or OHIF saves it, that references the source image (ReferencedSeriesSequence and the per-frame source image
-references; read as ``highdicom.seg.segread`` reads it, after a check that the file is a Segmentation at all).  From a SEG the segments labelled as skin lesion are taken
-(segmented property type SNOMED CT 95324001, or a segment label containing "lesion"); where none is so labelled,
-the union of all segments.  FRACTIONAL segments count as lesion where the value is at least 0.5.
+references).  A SEG is read as ``highdicom.seg.segread`` reads it, once the file is known to be a Segmentation.
+From a SEG the segments labelled as skin lesion are taken (segmented property type SNOMED CT 95324001, or a
+segment label containing "lesion"); where none is so labelled, the union of all segments.  FRACTIONAL segments
+count as lesion where the value is at least 0.5.
 
 Every file is checked on its own (readable, a PNG or a SEG, names or references a case that is waiting for
 review, as large as the source image); a bad file gets one clear message naming it and its problem, and never
