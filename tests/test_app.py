@@ -17,7 +17,6 @@ from networks.preprocessing import logits_to_probability, probability_to_mask, r
 from operators.loader import dicom_to_rgb
 
 from _app_helpers import (
-    DERMOSCOPIC_PHOTOGRAPHY,
     PYTHON,
     REPO,
     SAMPLES,

@@ -1,8 +1,6 @@
 """Each operator of the MONAI Deploy app alone, and the plain functions behind it, on files built from real images."""
 
-import io
 import json
-import os
 from pathlib import Path
 
 import highdicom as hd
