@@ -62,7 +62,7 @@ class SkinLesionSegApp(Application):
         # The loader is the source: it stops itself after the last file (a CountCondition cannot know how many
         # chunks a folder makes), and every operator after it runs once per chunk of cases.
         load_photos = SkinPhotoLoaderOperator(
-            self, input_path=input_path, chunk_size=settings.batch_size, name="load_photos"
+            self, input_path=input_path, chunk_size=settings.batch_size, exclude=output_folder, name="load_photos"
         )
         segment_lesions = LesionSegmentationOperator(
             self, model_path=model_path, batch_size=settings.batch_size, name="segment_lesions"

@@ -89,14 +89,19 @@ def _is_sidecar(path: Path) -> bool:
     return any(stem.with_suffix(s).exists() or stem.with_suffix(s.upper()).exists() for s in PHOTO_SUFFIXES)
 
 
-def iter_input_files(input_path: Path) -> Iterator[Path]:
-    """Every file under ``input_path`` (or the file itself), sorted, without following folder symlinks (loops)."""
+def iter_input_files(input_path: Path, exclude: Optional[Path] = None) -> Iterator[Path]:
+    """Every file under ``input_path`` (or the file itself), sorted, without following folder symlinks (loops).
+
+    ``exclude`` (the output folder, where it lies inside the input) is not walked: the app never reads its own
+    outputs back as inputs.
+    """
     input_path = Path(input_path)
     if input_path.is_file():
         yield input_path
         return
+    excluded = Path(exclude).resolve() if exclude is not None else None
     for root, dirs, files in os.walk(input_path, followlinks=False):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if excluded is None or (Path(root) / d).resolve() != excluded)
         for name in sorted(files):
             path = Path(root) / name
             if name == "DICOMDIR" or _is_sidecar(path):
@@ -352,8 +357,11 @@ class SkinPhotoLoaderOperator(Operator):
         last file, whose batch has ``last`` set (an empty input folder gives one empty last batch).
     """
 
-    def __init__(self, fragment: Fragment, *args, input_path: Path, chunk_size: int = 8, **kwargs):
+    def __init__(
+        self, fragment: Fragment, *args, input_path: Path, chunk_size: int = 8, exclude: Optional[Path] = None, **kwargs
+    ):
         self.input_path = Path(input_path)
+        self.exclude = exclude
         self.chunk_size = max(1, int(chunk_size))
         self._files: Optional[Iterator[Path]] = None
         self._seen_sop_instances: dict = {}
@@ -365,7 +373,7 @@ class SkinPhotoLoaderOperator(Operator):
 
     def compute(self, op_input, op_output, context):
         if self._files is None:
-            self._files = iter_input_files(self.input_path)
+            self._files = iter_input_files(self.input_path, self.exclude)
         chunk: List[Case] = []
         exhausted = False
         while len(chunk) < self.chunk_size:

@@ -34,9 +34,22 @@ def resolve_model_file(path) -> Path:
         candidate = found[0]
     else:
         raise FileNotFoundError(f"no model at {path}")
-    if not zipfile.is_zipfile(candidate):
+    if not _is_torchscript_archive(candidate):
         raise ValueError(f"{candidate} is not a TorchScript archive (models are only loaded as TorchScript)")
     return candidate
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """A TorchScript file is a zip with ``<name>/data.pkl`` and ``<name>/code/``: checked without loading it."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    roots = {name.split("/", 1)[0] for name in names if name.endswith("/data.pkl") and name.count("/") == 1}
+    return any(any(name.startswith(f"{root}/code/") for name in names) for root in roots)
 
 
 def read_model_info(extra_metadata: str, fallback_name: str) -> ModelInfo:

@@ -147,6 +147,9 @@ def test_loader_reads_sidecar_patient_fields_and_rejects_bad_ones(tmp_path, rgb)
     bad = load_file(photo, "lesion.jpg")
     assert bad.status == "error" and "lesion.jpg" in bad.error and "PatientSex" in bad.error
     assert [p.name for p in iter_input_files(tmp_path)] == ["lesion.jpg"]  # the sidecar is not an input
+    (tmp_path / "out").mkdir()
+    PIL.Image.fromarray(rgb).save(tmp_path / "out" / "overlay.png")
+    assert [p.name for p in iter_input_files(tmp_path, exclude=tmp_path / "out")] == ["lesion.jpg"]
 
 
 def test_loader_grey_and_rgba_png(tmp_path, rgb):
@@ -218,10 +221,11 @@ def test_model_loads_as_torchscript_with_metadata(tiny_model_path, tmp_path):
     folder.mkdir(parents=True)
     (folder / "model.ts").write_bytes(tiny_model_path.read_bytes())
     assert resolve_model_file(tmp_path / "models") == folder / "model.ts"  # a MAP's model folder
-    pickle = tmp_path / "weights.pt"
-    torch.save({"w": torch.zeros(1)}, pickle, _use_new_zipfile_serialization=False)
-    with pytest.raises(ValueError, match="TorchScript"):
-        resolve_model_file(pickle)
+    for legacy in (False, True):  # pickled checkpoints, old format and zip format: never loaded
+        pickle = tmp_path / f"weights{legacy}.pt"
+        torch.save({"w": torch.zeros(1)}, pickle, _use_new_zipfile_serialization=legacy)
+        with pytest.raises(ValueError, match="TorchScript"):
+            resolve_model_file(pickle)
     with pytest.raises(FileNotFoundError):
         resolve_model_file(tmp_path / "missing.ts")
 
