@@ -21,7 +21,9 @@ from .store import EdgeStore, EdgeStoreError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m monai_app.edge", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m monai_app.edge", description="The edge store of the skin-lesion app, for its operator and the reviewer."
+    )
     parser.add_argument(
         "--store", default=os.environ.get("DERMSEG_EDGE_STORE"),
         help="the edge store folder (default: $DERMSEG_EDGE_STORE)",
