@@ -20,7 +20,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-import ignite.distributed as idist
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from monai.handlers import from_engine
@@ -46,7 +46,9 @@ def _atomic_torch_save(obj: Any, path: str) -> None:
 
 
 def _is_main_process() -> bool:
-    return idist.get_rank() == 0
+    # torch.distributed, not ignite.distributed: ignite's first get_rank() creates a process group, a collective
+    # that deadlocks when only rank 0 makes it
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 class BestModelSaver:
@@ -141,7 +143,10 @@ class TrainingLog:
     def __call__(self, engine: Engine) -> None:
         # every rank saw its own shard: average over all of them (a collective, so every rank runs this handler)
         totals = torch.tensor([self._loss_sum, float(self._loss_count)], dtype=torch.float64)
-        totals = idist.all_reduce(totals)
+        if dist.is_available() and dist.is_initialized():
+            totals = totals.to(_collective_device())
+            dist.all_reduce(totals)
+            totals = totals.cpu()
         row: Dict[str, Any] = {"epoch": int(engine.state.epoch)}
         if self.optimizer is not None:
             row["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -165,6 +170,13 @@ class TrainingLog:
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, self.filepath)
+
+
+def _collective_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _scalar(value: Any) -> Optional[float]:
