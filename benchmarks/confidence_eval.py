@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from networks.preprocessing import read_mask, read_rgb  # noqa: E402
 from operators.case import Case  # noqa: E402
-from operators.confidence import flip_agreement, lesion_confidence  # noqa: E402
+from operators.confidence import case_confidence  # noqa: E402
 from operators.model import load_torchscript_model  # noqa: E402
 from operators.segmentation import segment_cases  # noqa: E402
 
@@ -88,18 +88,20 @@ def evaluate(model_path: Path, data: Path, datalist: Path, split: str, limit: in
     for first in range(0, len(items), batch_size):
         chunk = items[first : first + batch_size]
         cases = [Case(source_file=item["image"], rgb=read_rgb(data / item["image"])) for item in chunk]
-        segment_cases(cases, model, info, torch.device("cpu"), batch_size)
-        flipped = []
-        if tta:
-            flipped = [Case(source_file=c.source_file, rgb=np.ascontiguousarray(c.rgb[:, ::-1])) for c in cases]
-            segment_cases(flipped, model, info, torch.device("cpu"), batch_size)
-        for index, (case, item) in enumerate(zip(cases, chunk)):
+        segment_cases(cases, model, info, torch.device("cpu"), batch_size, flip_tta=tta)
+        for case, item in zip(cases, chunk):
+            if not case.ok:
+                print(f"  {case.error}", file=sys.stderr)
+                continue
             truth = read_mask(data / item["label"])
-            confidence = lesion_confidence(case.probability)
-            record = {"image": item["image"], "jaccard": jaccard(case.mask, truth), "confidence": confidence}
-            if tta:
-                agreement = flip_agreement(case.mask, flipped[index].mask[:, ::-1])
-                record["confidence_tta"] = confidence * agreement
+            record = {
+                "image": item["image"],
+                "jaccard": jaccard(case.mask, truth),
+                "confidence": case_confidence(case.probability),  # what the app computes by default
+            }
+            if tta:  # what the app computes with DERMSEG_FLIP_TTA=1
+                record["confidence_tta"] = case_confidence(case.probability, case.flip_agreement)
+                record["flip_agreement"] = case.flip_agreement
             records.append(record)
         print(f"  {len(records)}/{len(items)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return info, records
@@ -141,7 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--datalist", type=Path, default=REPO / "training_bundle" / "configs" / "datalist.json")
     parser.add_argument("--split", default="testing")
     parser.add_argument("--limit", type=int, default=None, help="first N images of the split only")
-    parser.add_argument("--tta", action="store_true", help="also score with horizontal-flip agreement")
+    parser.add_argument("--tta", action="store_true", help="also score with flip agreement (DERMSEG_FLIP_TTA=1)")
     parser.add_argument("--random-model", action="store_true", help="a random model (exercises the script only)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None, help="write the per-image records and summaries here")

@@ -65,7 +65,8 @@ class SkinLesionSegApp(Application):
             self, input_path=input_path, chunk_size=settings.batch_size, exclude=output_folder, name="load_photos"
         )
         segment_lesions = LesionSegmentationOperator(
-            self, model_path=model_path, batch_size=settings.batch_size, name="segment_lesions"
+            self, model_path=model_path, batch_size=settings.batch_size, flip_tta=settings.flip_tta,
+            name="segment_lesions",
         )
         score_confidence = ConfidenceRoutingOperator(
             self, threshold=settings.confidence_threshold, name="score_confidence"

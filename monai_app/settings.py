@@ -23,6 +23,7 @@ class AppSettings:
     send_to: Optional[str]  # DERMSEG_SEND_TO: where results go, a PACS AE or a STOW-RS URL (PACS issue)
     batch_size: int
     write_probability_seg: bool
+    flip_tta: bool  # DERMSEG_FLIP_TTA: segment the mirror image too, confidence x flip agreement (2x the compute)
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "AppSettings":
@@ -31,15 +32,15 @@ class AppSettings:
         batch_raw = environ.get("DERMSEG_BATCH_SIZE", "8").strip() or "8"
         if not batch_raw.isdigit() or not 1 <= int(batch_raw) <= 256:
             raise ValueError(f"DERMSEG_BATCH_SIZE={batch_raw!r} must be a whole number from 1 to 256")
-        probability = environ.get("DERMSEG_PROBABILITY_SEG", "1").strip().lower()
-        if probability not in ("0", "1", "true", "false", "yes", "no"):
-            raise ValueError(f"DERMSEG_PROBABILITY_SEG={probability!r} must be 1 or 0")
+        probability = _flag(environ, "DERMSEG_PROBABILITY_SEG", True)
+        flip_tta = _flag(environ, "DERMSEG_FLIP_TTA", False)
         return cls(
             confidence_threshold=threshold_from_env(environ),
             edge_store=Path(environ["DERMSEG_EDGE_STORE"]) if environ.get("DERMSEG_EDGE_STORE") else None,
             send_to=environ.get("DERMSEG_SEND_TO") or None,
             batch_size=int(batch_raw),
-            write_probability_seg=probability in ("1", "true", "yes"),
+            write_probability_seg=probability,
+            flip_tta=flip_tta,
         )
 
     def for_results(self) -> dict:
@@ -48,4 +49,14 @@ class AppSettings:
             THRESHOLD_ENV: self.confidence_threshold,
             "edge_store": self.edge_store is not None,
             "send_to": self.send_to is not None,
+            "flip_tta": self.flip_tta,
         }
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("0", "1", "true", "false", "yes", "no"):
+        raise ValueError(f"{name}={raw!r} must be 1 or 0")
+    return raw in ("1", "true", "yes")

@@ -53,6 +53,7 @@ class Case:
     probability: Optional[np.ndarray] = None  # (H, W) float32 in [0, 1]
     mask: Optional[np.ndarray] = None  # (H, W) uint8 in {0, 1}
     model: Optional[ModelInfo] = None
+    flip_agreement: Optional[float] = None  # only with test-time flips
     # filled by the confidence operator
     confidence: Optional[float] = None
     route: Optional[str] = None

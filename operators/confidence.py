@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 __all__ = [
+    "case_confidence",
     "DEFAULT_THRESHOLD",
     "THRESHOLD_ENV",
     "lesion_confidence",
@@ -46,6 +47,14 @@ def lesion_confidence(probability: np.ndarray, floor: float = 0.05) -> float:
         return 0.0  # no lesion found
     certainty = np.abs(2.0 * p[region] - 1.0)
     return float(np.clip(certainty.mean(), 0.0, 1.0))
+
+
+def case_confidence(probability: np.ndarray, flip_agreement: Optional[float] = None) -> float:
+    """The app's confidence: :func:`lesion_confidence`, times the flip agreement where test-time flips ran."""
+    confidence = lesion_confidence(probability)
+    if flip_agreement is not None:
+        confidence *= float(np.clip(flip_agreement, 0.0, 1.0))
+    return confidence
 
 
 def flip_agreement(mask: np.ndarray, flipped_back_mask: np.ndarray) -> float:

@@ -9,13 +9,13 @@ from typing import List
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from .case import Case
-from .confidence import DEFAULT_THRESHOLD, lesion_confidence, route_for
+from .confidence import DEFAULT_THRESHOLD, case_confidence, route_for
 
 __all__ = ["ConfidenceRoutingOperator"]
 
 
 class ConfidenceRoutingOperator(Operator):
-    """Scores each segmentation with :func:`operators.confidence.lesion_confidence` and routes it.
+    """Scores each segmentation with :func:`operators.confidence.case_confidence` and routes it.
 
     Named input:
         cases: list of Case with ``probability``.
@@ -41,7 +41,7 @@ class ConfidenceRoutingOperator(Operator):
             if not case.ok:
                 continue
             try:
-                case.confidence = lesion_confidence(case.probability)
+                case.confidence = case_confidence(case.probability, case.flip_agreement)
                 case.route = route_for(case.confidence, self.threshold)
             except Exception as exc:
                 case.fail("confidence", exc)

@@ -15,14 +15,18 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from networks.preprocessing import logits_to_probability, probability_to_mask, rgb_to_model_input
 
 from .case import Case
+from .confidence import flip_agreement
 from .model import load_torchscript_model
 
 __all__ = ["LesionSegmentationOperator", "segment_cases"]
 
 
-def segment_cases(cases: List[Case], model, model_info, device, batch_size: int = 8) -> None:
+def segment_cases(cases: List[Case], model, model_info, device, batch_size: int = 8, flip_tta: bool = False) -> None:
     """Fill ``probability`` and ``mask`` of every ``ok`` case, several cases per model call.
 
+    With ``flip_tta`` the horizontally mirrored image is segmented too (in the same model call) and
+    ``flip_agreement`` set to the Dice of the two masks: a model that sees a lesion differently in its mirror image
+    is unsure of it.  The mask itself always comes from the image as it is.
     A batch that fails as a whole is retried one case at a time, so only the case at fault becomes an error.
     """
     todo = []
@@ -36,27 +40,34 @@ def segment_cases(cases: List[Case], model, model_info, device, batch_size: int 
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         try:
-            _run(batch, model, model_info, device)
+            _run(batch, model, model_info, device, flip_tta)
         except Exception:
             for item in batch:
                 try:
-                    _run([item], model, model_info, device)
+                    _run([item], model, model_info, device, flip_tta)
                 except Exception as exc:
                     item[0].fail("segmentation", exc)
 
 
-def _run(batch, model, model_info, device) -> None:
-    inputs = torch.stack([model_input for _, model_input in batch]).to(device)
+def _run(batch, model, model_info, device, flip_tta: bool = False) -> None:
+    inputs = torch.stack([model_input for _, model_input in batch])
+    if flip_tta:  # resizing commutes with mirroring, so the mirrored model input is the mirrored photo's
+        inputs = torch.cat([inputs, torch.flip(inputs, dims=[-1])])
     with torch.inference_mode():
-        logits = model(inputs)
-    if logits.ndim != 4 or logits.shape[0] != len(batch) or logits.shape[1] != 1:
-        raise ValueError(f"model returned shape {tuple(logits.shape)}, expected ({len(batch)}, 1, h, w)")
+        logits = model(inputs.to(device))
+    if logits.ndim != 4 or logits.shape[0] != len(inputs) or logits.shape[1] != 1:
+        raise ValueError(f"model returned shape {tuple(logits.shape)}, expected ({len(inputs)}, 1, h, w)")
+    logits = logits.float().cpu()
     for index, (case, _) in enumerate(batch):
         height, width = case.rgb.shape[:2]
-        probability = logits_to_probability(logits[index : index + 1].float().cpu(), (height, width))
+        probability = logits_to_probability(logits[index : index + 1], (height, width))
         case.probability = probability[0, 0].numpy()
         case.mask = probability_to_mask(probability)[0, 0].numpy()
         case.model = model_info
+        if flip_tta:
+            mirrored = torch.flip(logits[len(batch) + index : len(batch) + index + 1], dims=[-1])
+            mirrored_mask = probability_to_mask(logits_to_probability(mirrored, (height, width)))[0, 0].numpy()
+            case.flip_agreement = flip_agreement(case.mask, mirrored_mask)
 
 
 class LesionSegmentationOperator(Operator):
@@ -66,11 +77,22 @@ class LesionSegmentationOperator(Operator):
         cases: list of Case with ``rgb`` (H, W, 3) uint8.
     Named output:
         cases: the same list; ``ok`` cases now carry ``probability`` (H, W) float32 at the photo's size,
-        ``mask`` (H, W) uint8 and ``model`` (name and version from the model's embedded metadata).
+        ``mask`` (H, W) uint8 and ``model`` (name and version from the model's embedded metadata); with
+        ``flip_tta`` also ``flip_agreement`` (Dice of the masks of the image and of its mirror image).
     """
 
-    def __init__(self, fragment: Fragment, *args, model_path: Path, batch_size: int = 8, device: Optional[str] = None, **kwargs):
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args,
+        model_path: Path,
+        batch_size: int = 8,
+        flip_tta: bool = False,
+        device: Optional[str] = None,
+        **kwargs,
+    ):
         self.model_path = Path(model_path)
+        self.flip_tta = bool(flip_tta)
         self.batch_size = max(1, int(batch_size))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._model = None
@@ -89,5 +111,5 @@ class LesionSegmentationOperator(Operator):
 
     def compute(self, op_input, op_output, context):
         cases: List[Case] = op_input.receive("cases")
-        segment_cases(cases, self._model, self.model_info, self.device, self.batch_size)
+        segment_cases(cases, self._model, self.model_info, self.device, self.batch_size, self.flip_tta)
         op_output.emit(cases, "cases")

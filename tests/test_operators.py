@@ -26,7 +26,7 @@ from operators import (
     SkinPhotoLoaderOperator,
 )
 from operators.case import atomic_write_bytes, case_output_dir, is_valid_uid
-from operators.confidence import flip_agreement, lesion_confidence, route_for, threshold_from_env
+from operators.confidence import case_confidence, flip_agreement, lesion_confidence, route_for, threshold_from_env
 from operators.dicom_outputs import (
     build_binary_seg,
     build_fractional_seg,
@@ -255,6 +255,20 @@ def test_segmentation_operator_alone(tiny_model_path, rgb):
         lambda app: LesionSegmentationOperator(app, model_path=tiny_model_path, batch_size=4, name="segment"), cases
     )
     assert [c.mask.shape for c in batch] == [(96, 96), (50, 96)] and batch.last
+    assert all(c.flip_agreement is None for c in batch)
+
+
+def test_flip_tta_keeps_the_mask_and_measures_agreement(tiny_model_path, rgb):
+    module, info = load_torchscript_model(tiny_model_path)
+    plain, flipped = Case(source_file="a", rgb=rgb), Case(source_file="a", rgb=rgb)
+    segment_cases([plain], module, info, torch.device("cpu"))
+    segment_cases([flipped], module, info, torch.device("cpu"), flip_tta=True)
+    np.testing.assert_allclose(flipped.probability, plain.probability, atol=1e-5)
+    mirror = Case(source_file="m", rgb=np.ascontiguousarray(rgb[:, ::-1]))
+    segment_cases([mirror], module, info, torch.device("cpu"))
+    assert flipped.flip_agreement == pytest.approx(flip_agreement(plain.mask, mirror.mask[:, ::-1]), abs=0.01)
+    assert case_confidence(flipped.probability, flipped.flip_agreement) == pytest.approx(
+        lesion_confidence(flipped.probability) * flipped.flip_agreement)
 
 
 # --------------------------------------------------------------------------------------------- confidence
