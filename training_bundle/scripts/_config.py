@@ -1,0 +1,37 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""Shared command-line plumbing of the bundle's scripts: reading configs with overrides like ``monai.bundle``."""
+
+from __future__ import annotations
+
+import ast
+import os
+from typing import Any, Dict, List, Sequence
+
+from monai.bundle import ConfigParser
+
+__all__ = ["parse_overrides", "load_config"]
+
+
+def parse_overrides(pairs: Sequence[str] | None) -> Dict[str, Any]:
+    """``["channels=[64,128,256,512,1024]", "bi_convgru=False"]`` -> a dict; values are Python literals when they
+    parse as one (as ``monai.bundle``'s command line does), strings otherwise."""
+    out: Dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"override {pair!r} is not KEY=VALUE")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def load_config(bundle_root: str, config_files: Sequence[str], overrides: Dict[str, Any] | None = None) -> ConfigParser:
+    """A parser of ``config_files`` (relative to ``bundle_root`` unless absolute) plus ``configs/metadata.json``."""
+    files: List[str] = [f if os.path.isabs(f) else os.path.join(bundle_root, f) for f in config_files]
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser.read_meta(os.path.join(bundle_root, "configs", "metadata.json"))
+    parser.update({"bundle_root": bundle_root, **(overrides or {})})
+    return parser

@@ -1,0 +1,145 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""Train and/or evaluate the paper's ablations and MONAI's peer networks with the same recipe on the same split,
+and print the comparison table in the paper's form (pixel accuracy, Jaccard) plus parameters and GFLOPs.
+
+    # metrics only (variants already trained and evaluated into WORK_DIR/<variant>/eval/metrics.json):
+    python training_bundle/scripts/compare.py --work_dir runs/compare
+    # train (resumable) + evaluate every variant, then the table:
+    python training_bundle/scripts/compare.py --work_dir runs/compare --train --evaluate
+
+Each variant is the bundle's own configs plus overrides: the ablations flip ``residual_inception`` and
+``bi_convgru``; the MONAI peers append ``configs/net_monai_*.json`` (which replace ``network_def``).  A variant's
+checkpoints go to ``WORK_DIR/<variant>/models`` and its evaluation to ``WORK_DIR/<variant>/eval``, so runs are
+independent and each one resumes on its own.  Every ``--override KEY=VALUE`` goes to all of them (data folder,
+epochs, widths ...).  GFLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` for one image at the
+configured size (2 FLOPs per multiply-add).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any, Dict, List, Sequence
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from scripts._config import load_config, parse_overrides  # noqa: E402
+
+__all__ = ["VARIANTS", "count_cost", "run_variant", "collect", "format_table"]
+
+# name -> (label in the table, extra config files, overrides)
+VARIANTS: Dict[str, tuple] = {
+    "unet": ("U-Net (RIBCUNet, both switches off)", [], {"residual_inception": False, "bi_convgru": False}),
+    "unet_ri": ("U-Net + residual Inception", [], {"residual_inception": True, "bi_convgru": False}),
+    "unet_bcgru": ("U-Net + bidirectional ConvGRU", [], {"residual_inception": False, "bi_convgru": True}),
+    "ribcunet": ("RIBCUNet (both, the paper's model)", [], {"residual_inception": True, "bi_convgru": True}),
+    "monai_unet": ("MONAI UNet", ["configs/net_monai_unet.json"], {}),
+    "monai_basic_unet": ("MONAI BasicUNet", ["configs/net_monai_basic_unet.json"], {}),
+    "monai_attention_unet": ("MONAI AttentionUnet", ["configs/net_monai_attention_unet.json"], {}),
+}
+
+
+def _variant_overrides(work_dir: str, name: str, common: Dict[str, Any]) -> Dict[str, Any]:
+    root = os.path.abspath(os.path.join(work_dir, name))
+    return {**VARIANTS[name][2], **common, "ckpt_dir": os.path.join(root, "models"), "output_dir": os.path.join(root, "eval")}
+
+
+def count_cost(bundle_root: str, name: str, overrides: Dict[str, Any]) -> Dict[str, float]:
+    """Parameters and forward GFLOPs of one image of the variant's network at ``image_size``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    parser = load_config(bundle_root, ["configs/inference.json", *VARIANTS[name][1]], {**VARIANTS[name][2], **overrides})
+    net = parser.get_parsed_content("network_def").eval()
+    size = [int(s) for s in parser.get_parsed_content("image_size")]
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(torch.zeros(1, 3, *size))
+    return {"params_m": sum(p.numel() for p in net.parameters()) / 1e6, "gflops": counter.get_total_flops() / 1e9}
+
+
+def run_variant(bundle_root: str, work_dir: str, name: str, common: Dict[str, Any], train: bool, evaluate: bool) -> None:
+    """Train (resuming if interrupted) and/or evaluate one variant through ``monai.bundle``'s ConfigWorkflow."""
+    from monai.bundle import ConfigWorkflow
+
+    overrides = _variant_overrides(work_dir, name, common)
+    extra = [os.path.join(bundle_root, f) for f in VARIANTS[name][1]]
+    steps = ([("train.json", "train")] if train else []) + ([("evaluate.json", "infer")] if evaluate else [])
+    for config, workflow_type in steps:
+        workflow = ConfigWorkflow(
+            config_file=[os.path.join(bundle_root, "configs", config), *extra],
+            meta_file=os.path.join(bundle_root, "configs", "metadata.json"),
+            logging_file=os.path.join(bundle_root, "configs", "logging.conf"),
+            workflow_type=workflow_type,
+            bundle_root=bundle_root,
+            **overrides,
+        )
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+
+
+def collect(bundle_root: str, work_dir: str, names: Sequence[str], common: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One row per variant: its test metrics (NaN when not evaluated yet) and its cost."""
+    rows = []
+    for name in names:
+        row: Dict[str, Any] = {"variant": name, "label": VARIANTS[name][0]}
+        path = os.path.join(work_dir, name, "eval", "metrics.json")
+        metrics = json.load(open(path))["metrics"] if os.path.isfile(path) else {}
+        for key in ("mean_accuracy", "mean_jaccard", "pooled_jaccard", "mean_thresholded_jaccard", "mean_dice", "num_images"):
+            row[key] = metrics.get(key, math.nan)
+        row.update(count_cost(bundle_root, name, common))
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[Dict[str, Any]], image_size: Sequence[int]) -> str:
+    """Markdown table in the paper's form, then the extra columns."""
+    size = "x".join(str(s) for s in image_size)
+    head = f"| Method | Accuracy | Jaccard | Jaccard (pooled) | Thresholded Jaccard | Dice | Params (M) | GFLOPs ({size}) |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+
+    def f(v: float) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {f(r['mean_accuracy'])} | {f(r['mean_jaccard'])} | {f(r['pooled_jaccard'])} | "
+            f"{f(r['mean_thresholded_jaccard'])} | {f(r['mean_dice'])} | {r['params_m']:.2f} | {r['gflops']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle_root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ap.add_argument("--work_dir", required=True, help="one sub-folder per variant")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--train", action="store_true", help="train each variant first (resumes if interrupted)")
+    ap.add_argument("--evaluate", action="store_true", help="evaluate each variant on the test split")
+    ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every variant")
+    ap.add_argument("--output", help="also write the table (markdown) and the rows (JSON beside it) here")
+    args = ap.parse_args(argv)
+    bundle_root = os.path.abspath(args.bundle_root)
+    common = parse_overrides(args.override)
+    for name in args.variants:
+        if args.train or args.evaluate:
+            run_variant(bundle_root, args.work_dir, name, common, args.train, args.evaluate)
+    rows = collect(bundle_root, args.work_dir, args.variants, common)
+    image_size = common.get("image_size", load_config(bundle_root, ["configs/inference.json"]).get_parsed_content("image_size"))
+    table = format_table(rows, image_size)
+    print(table)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(table + "\n")
+        with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
+            json.dump(rows, f, indent=2)
+    return table
+
+
+if __name__ == "__main__":
+    main()
