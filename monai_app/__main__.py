@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     if not app.finished:
         print("monai_app: the batch did not run to its end; see the log", file=sys.stderr)
         return 1
+    # Seam for the PACS sender (DERMSEG_SEND_TO): it sends the DICOM outputs listed in the finished results.json.
+    if settings.send_to:
+        logging.getLogger("monai_app").warning("DERMSEG_SEND_TO is set, but this version does not send: ignored")
     return 0
 
 

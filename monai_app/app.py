@@ -85,11 +85,11 @@ class SkinLesionSegApp(Application):
         self.add_flow(score_confidence, write_seg, {("cases", "cases")})
         self.add_flow(write_seg, write_sr, {("cases", "cases")})
         self.add_flow(write_sr, write_overlays, {("cases", "cases")})
-        # Seam for the edge loop (DERMSEG_EDGE_STORE) and the PACS sender (DERMSEG_SEND_TO): each will be an
-        # operator taking and giving "cases", inserted here, before results.json records the outputs.
-        for variable, value in (("DERMSEG_EDGE_STORE", settings.edge_store), ("DERMSEG_SEND_TO", settings.send_to)):
-            if value:
-                self._logger.warning("%s is set, but this version has no such step yet: ignored", variable)
+        # Seam for the edge loop (DERMSEG_EDGE_STORE): an operator taking and giving "cases" goes here, while each
+        # case still holds its pixels, mask, confidence, model version and outputs (the results writer frees them).
+        # The PACS sender (DERMSEG_SEND_TO) needs the finished results.json: it runs after the graph (__main__).
+        if settings.edge_store:
+            self._logger.warning("DERMSEG_EDGE_STORE is set, but this version has no edge store step: ignored")
         self.add_flow(write_overlays, write_results, {("cases", "cases")})
 
 
