@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -62,6 +64,27 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
 def isic_rgb(name: str = "ISIC_0000000", size: int | None = 96) -> np.ndarray:
     """A real dermoscopy image, small by default so tests stay fast."""
     return make_samples.isic_rgb(name, DATA_512, size)
+
+
+def non_photo_dicom(path: Path, sop_class: str, modality: str) -> Path:
+    """A small CT-like or SR-like DICOM file: readable, but not a photograph."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = modality
+    ds.PatientName = "Test^Patient"
+    if modality == "CT":
+        ds.Rows = ds.Columns = 4
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.zeros((4, 4), np.int16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def run_app(input_path: Path, output_path: Path, model_path: Path, env: dict | None = None, timeout: int = 240):

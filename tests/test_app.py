@@ -26,12 +26,12 @@ from _app_helpers import (
     dciodvfy_errors,
     isic_rgb,
     make_tiny_model,
+    non_photo_dicom,
     photo_dataset,
     read_results,
     run_app,
     save_dicom,
 )
-from test_operators import _non_photo
 
 SAMPLE_INPUT = SAMPLES / "input"
 RESULT_KEYS = {"source_file", "source_sop_instance_uid", "status", "error", "confidence", "route", "outputs"}
@@ -124,8 +124,8 @@ def test_every_input_kind_in_one_batch(tmp_path, tiny_model_path):
     PIL.Image.fromarray(isic_rgb("ISIC_0000000", 90)).save(src / "phone" / "photo.jpg")
     PIL.Image.fromarray(isic_rgb("ISIC_0000009", 72)).save(src / "phone" / "photo.png")
     (src / "other").mkdir()
-    _non_photo(src / "other" / "ct.dcm", "1.2.840.10008.5.1.4.1.1.2", "CT")
-    _non_photo(src / "other" / "sr.dcm", "1.2.840.10008.5.1.4.1.1.88.33", "SR")
+    non_photo_dicom(src / "other" / "ct.dcm", "1.2.840.10008.5.1.4.1.1.2", "CT")
+    non_photo_dicom(src / "other" / "sr.dcm", "1.2.840.10008.5.1.4.1.1.88.33", "SR")
     good = (src / "dms" / "raw.dcm").read_bytes()
     (src / "other" / "corrupt.dcm").write_bytes(good[:1000])
 

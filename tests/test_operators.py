@@ -9,8 +9,8 @@ import PIL.Image
 import pydicom
 import pytest
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from scipy import ndimage
 
 from networks.preprocessing import logits_to_probability, probability_to_mask, rgb_to_model_input
@@ -41,6 +41,7 @@ from operators.segmentation import segment_cases
 
 from _app_helpers import (
     DERMOSCOPIC_PHOTOGRAPHY,
+    non_photo_dicom,
     SECONDARY_CAPTURE,
     TINY_MODEL_METADATA,
     VL_PHOTOGRAPHIC,
@@ -63,27 +64,6 @@ def tiny_model_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rgb():
     return isic_rgb("ISIC_0000000", 96)
-
-
-def _non_photo(path: Path, sop_class: str, modality: str) -> Path:
-    """A small CT-like or SR-like DICOM file: readable, but not a photograph."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality = modality
-    ds.PatientName = "Test^Patient"
-    if modality == "CT":
-        ds.Rows = ds.Columns = 4
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.zeros((4, 4), np.int16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 # --------------------------------------------------------------------------------------------- loader
@@ -163,9 +143,9 @@ def test_loader_grey_and_rgba_png(tmp_path, rgb):
 
 
 def test_loader_skips_non_photo_dicom_and_reports_bad_files(tmp_path, rgb):
-    ct = load_file(_non_photo(tmp_path / "ct.dcm", "1.2.840.10008.5.1.4.1.1.2", "CT"), "ct.dcm")
+    ct = load_file(non_photo_dicom(tmp_path / "ct.dcm", "1.2.840.10008.5.1.4.1.1.2", "CT"), "ct.dcm")
     assert ct.status == "skipped" and "CT Image Storage" in ct.error
-    sr = load_file(_non_photo(tmp_path / "sr.dcm", "1.2.840.10008.5.1.4.1.1.88.33", "SR"), "sr.dcm")
+    sr = load_file(non_photo_dicom(tmp_path / "sr.dcm", "1.2.840.10008.5.1.4.1.1.88.33", "SR"), "sr.dcm")
     assert sr.status == "skipped" and "not a photograph" in sr.error
     (tmp_path / "notes.txt").write_text("not an image")
     assert load_file(tmp_path / "notes.txt", "notes.txt").status == "skipped"
