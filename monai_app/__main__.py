@@ -33,7 +33,10 @@ def _preflight(argv) -> AppSettings:
     output_folder = Path(args.output or env.output)
     if not input_path.exists():
         raise FileNotFoundError(f"input {input_path} does not exist")
-    resolve_model_file(args.model or env.model)  # FileNotFoundError / ValueError where there is no TorchScript
+    try:
+        resolve_model_file(args.model or env.model)  # only a TorchScript archive is ever loaded
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}; pass -m MODEL (a TorchScript file exported by training_bundle)") from None
     output_folder.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.NamedTemporaryFile(dir=output_folder, prefix=".write-test-"):
