@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as exc:
         print(f"monai_app: cannot run: {exc}", file=sys.stderr)
         return 2
+    # Holoscan's own scheduler chatter at INFO says nothing a site needs; its warnings and errors still show.
+    os.environ.setdefault("HOLOSCAN_LOG_LEVEL", "WARN")
     app = SkinLesionSegApp(settings=settings)
     try:
         app.run()
@@ -62,6 +64,13 @@ def main(argv=None) -> int:
     if not app.finished:
         print("monai_app: the batch did not run to its end; see the log", file=sys.stderr)
         return 1
+    entries = app.results_writer.entries
+    counts = ", ".join(f"{sum(e['status'] == s for e in entries)} {s}" for s in ("ok", "error", "skipped"))
+    review = sum(e.get("route") == "review" for e in entries)
+    logging.getLogger("monai_app").info(
+        "batch done: %d file(s): %s; %d for review; see %s", len(entries), counts, review,
+        app.results_writer.output_folder / "results.json",
+    )
     # Seam for the PACS sender (DERMSEG_SEND_TO): it sends the DICOM outputs listed in the finished results.json.
     if settings.send_to:
         logging.getLogger("monai_app").warning("DERMSEG_SEND_TO is set, but this version does not send: ignored")
