@@ -1,0 +1,261 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""The training bundle end to end on real ISIC images: train, resume, evaluate, infer, export, and the model
+zoo's own checks (``ci/verify_bundle.py``).  CPU only; about a minute on two cores."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from _bundle_helpers import (
+    BUNDLE_ROOT,
+    PYTHON,
+    SAMPLE_DATALIST,
+    SAMPLE_DIR,
+    cli_args,
+    config_workflow,
+    copy_bundle,
+    run_cli,
+    sample_overrides,
+    train_overrides,
+)
+
+
+def _read_log(path: Path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory):
+    """A bundle copy trained for two epochs through ConfigWorkflow, as ``monai.bundle run`` would."""
+    bundle = copy_bundle(tmp_path_factory.mktemp("trained") / "bundle")
+    workflow = config_workflow(bundle, ["train.json"], "train", **train_overrides(bundle))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    workflow.run()
+    workflow.finalize()
+    return bundle
+
+
+def test_training_writes_best_model_checkpoints_and_log(trained_bundle):
+    models = trained_bundle / "models"
+    assert (models / "model.pt").is_file()
+    assert sorted(p.name for p in models.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+    checkpoint = torch.load(models / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "trainer", "best_model_saver"}
+    assert checkpoint["trainer"]["iteration"] == 2 * checkpoint["trainer"]["epoch_length"]  # ignite keeps iterations
+
+    rows = _read_log(trained_bundle / "eval" / "train_log.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for key in ("lr", "train_loss", "train_accuracy", "val_mean_jaccard", "val_mean_dice", "val_accuracy"):
+        assert all(r[key] != "" for r in rows), key
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"]), "training loss did not go down"
+
+    # model.pt holds the weights of the best validation epoch: a plain state_dict the network loads as is
+    best = checkpoint["best_model_saver"]
+    assert best["best_epoch"] in (1, 2)
+    assert best["best_metric"] == pytest.approx(max(float(r["val_mean_jaccard"]) for r in rows))
+    from networks import RIBCUNet
+
+    RIBCUNet(channels=(16, 32, 64, 128, 256)).load_state_dict(torch.load(models / "model.pt", weights_only=True))
+
+
+def test_resume_continues_at_the_next_epoch(trained_bundle, tmp_path):
+    """An interrupted run (here: one that stopped after epoch 2) continues at epoch 3 from the CLI, run from
+    another folder, and keeps its history, best-model state and checkpoint budget."""
+    bundle = copy_bundle(tmp_path / "bundle")
+    shutil.copytree(trained_bundle / "models", bundle / "models", dirs_exist_ok=True)
+    shutil.copytree(trained_bundle / "eval", bundle / "eval")
+    before = _read_log(bundle / "eval" / "train_log.csv")
+    best_before = torch.load(bundle / "models" / "checkpoint_epoch=2.pt", weights_only=True)["best_model_saver"]
+
+    proc = run_cli(
+        [PYTHON, "-m", "monai.bundle", "run", "--config_file", bundle / "configs" / "train.json", *cli_args(train_overrides(bundle, epochs=3))],
+        cwd=tmp_path,
+    )
+    output = proc.stdout + proc.stderr
+    assert "Restored all variables from" in output and "checkpoint_epoch=2.pt" in output
+    assert "Epoch[1]" not in output and "Epoch[3]" in output
+
+    after = _read_log(bundle / "eval" / "train_log.csv")
+    assert [int(r["epoch"]) for r in after] == [1, 2, 3]
+    assert after[:2] == before
+    assert sorted(p.name for p in (bundle / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"]
+    checkpoint = torch.load(bundle / "models" / "checkpoint_epoch=3.pt", weights_only=True)
+    assert checkpoint["trainer"]["iteration"] == 3 * checkpoint["trainer"]["epoch_length"]
+    # the best score survived the restart: it only moves if epoch 3 beat it
+    assert checkpoint["best_model_saver"]["best_metric"] >= best_before["best_metric"]
+    assert checkpoint["best_model_saver"]["best_metric"] == pytest.approx(max(float(r["val_mean_jaccard"]) for r in after))
+
+
+def _test_set_with_a_non_square_photo(root: Path) -> Path:
+    """The sample's three test cases, the first one stretched to 80x48 (W x H) so that 'original size' is not
+    the model's size nor square: a swapped height and width cannot go unnoticed."""
+    datalist = json.loads(SAMPLE_DATALIST.read_text())
+    for n, entry in enumerate(datalist["testing"]):
+        for key in ("image", "label"):
+            src, dst = SAMPLE_DIR / entry[key], root / entry[key]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if n == 0:
+                resample = PIL.Image.Resampling.BILINEAR if key == "image" else PIL.Image.Resampling.NEAREST
+                PIL.Image.open(src).resize((80, 48), resample).save(dst)
+            else:
+                shutil.copy(src, dst)
+    (root / "datalist.json").write_text(json.dumps({"testing": datalist["testing"]}))
+    return root
+
+
+def test_evaluate_scores_at_original_size_and_writes_report(trained_bundle, tmp_path):
+    data = _test_set_with_a_non_square_photo(tmp_path / "data")
+    out = tmp_path / "eval"
+    shutil.copy(trained_bundle / "eval" / "train_log.csv", tmp_path / "train_log.csv")
+    workflow = config_workflow(
+        trained_bundle,
+        ["evaluate.json"],
+        "infer",
+        **sample_overrides(
+            trained_bundle, dataset_dir=str(data), datalist_file=str(data / "datalist.json"), output_dir=str(out), train_log=str(tmp_path / "train_log.csv")
+        ),
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    workflow.run()
+    monai_mean_iou = workflow.parser.get_parsed_content("evaluator").state.metrics["test_mean_jaccard"]
+    workflow.finalize()
+
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["num_images"] == 3
+    for key in ("mean_jaccard", "pooled_jaccard", "mean_dice", "mean_accuracy", "mean_sensitivity", "mean_specificity", "mean_thresholded_jaccard"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["mean_jaccard"] == pytest.approx(monai_mean_iou, abs=1e-6)  # agrees with MONAI's MeanIoU
+
+    rows = _read_log(out / "per_image.csv")
+    assert len(rows) == 3
+    cases = [Path(e["image"]).stem for e in json.loads((data / "datalist.json").read_text())["testing"]]
+    for case in cases:
+        truth = np.asarray(PIL.Image.open(data / f"ISIC2018_Task1_Training_GroundTruth/{case}_segmentation.png"))
+        pred = np.asarray(PIL.Image.open(out / "predictions" / f"{case}_segmentation.png"))
+        assert pred.shape == truth.shape  # the original size, (48, 80) for the stretched one
+        assert set(np.unique(pred)) <= {0, 255}
+        row = next(r for r in rows if r["image"] == case)
+        inter, union = np.logical_and(pred > 0, truth > 0).sum(), np.logical_or(pred > 0, truth > 0).sum()
+        assert float(row["jaccard"]) == pytest.approx(inter / union if union else 1.0)
+    assert np.asarray(PIL.Image.open(out / "predictions" / f"{cases[0]}_segmentation.png")).shape == (48, 80)
+    for name in ("report.md", "training_curves.png", "examples.png"):
+        assert (out / name).is_file(), name
+
+
+def test_inference_writes_masks_and_probabilities_at_original_size(trained_bundle, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    source = sorted((SAMPLE_DIR / "ISIC2018_Task1-2_Training_Input").glob("*.jpg"))[:2]
+    shutil.copy(source[0], photos / "a.jpg")
+    PIL.Image.open(source[1]).resize((72, 40)).save(photos / "b.png")
+    out = tmp_path / "out"
+    run_cli(
+        [
+            PYTHON, "-m", "monai.bundle", "run", "--config_file", trained_bundle / "configs" / "inference.json",
+            *cli_args(sample_overrides(trained_bundle, dataset_dir=str(photos), output_dir=str(out), test_time_flips=True)),
+        ],
+        cwd=tmp_path,
+    )
+    for stem, size in (("a", (64, 64)), ("b", (40, 72))):
+        mask = np.asarray(PIL.Image.open(out / f"{stem}_segmentation.png"))
+        prob = np.asarray(PIL.Image.open(out / f"{stem}_probability.png"))
+        assert mask.shape == prob.shape == size and mask.dtype == prob.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        # the mask is the probability thresholded at 0.5 (up to the 8-bit rounding of the probability PNG)
+        assert np.mean((mask > 0) == (prob >= 128)) > 0.99
+
+
+def test_all_configs_have_their_properties(tmp_path, monkeypatch):
+    bundle = copy_bundle(tmp_path / "bundle")
+    # a one-process "distributed" run, so that multi_gpu_train.json can initialise its process group here
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    for configs, kind in ((["train.json"], "train"), (["train.json", "multi_gpu_train.json"], "train"), (["evaluate.json"], "infer"), (["inference.json"], "infer")):
+        overrides = sample_overrides(bundle, dataset_dir=str(SAMPLE_DIR / "ISIC2018_Task1-2_Training_Input")) if configs == ["inference.json"] else sample_overrides(bundle)
+        workflow = config_workflow(bundle, configs, kind, **overrides)
+        workflow.initialize()
+        assert workflow.check_properties() == [], configs
+        workflow.finalize()
+
+
+def test_model_zoo_checks_and_export_round_trip(trained_bundle, tmp_path):
+    """What the model zoo's ci/verify_bundle.py checks, plus the TorchScript and ONNX exports' outputs."""
+    from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
+
+    bundle = trained_bundle
+    meta_file, inference = bundle / "configs" / "metadata.json", bundle / "configs" / "inference.json"
+    metadata = json.loads(meta_file.read_text())
+    assert "Apache License" in (bundle / "LICENSE").read_text()
+    assert metadata["version"] in metadata["changelog"]
+    verify_metadata(meta_file=str(meta_file), filepath=str(bundle / "docs" / "meta_schema_20240725.json"))
+    verify_net_in_out(net_id="network_def", meta_file=str(meta_file), config_file=str(inference), bundle_root=str(bundle))
+
+    # ckpt_export from the CLI, from an unrelated folder
+    run_cli(
+        [
+            PYTHON, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", bundle / "models" / "model.ts",
+            "--ckpt_file", bundle / "models" / "model.pt", "--meta_file", meta_file, "--config_file", inference, "--bundle_root", bundle,
+        ],
+        cwd=tmp_path,
+    )
+    extra = {"metadata.json": "", "inference.json": ""}
+    scripted = torch.jit.load(str(bundle / "models" / "model.ts"), _extra_files=extra)
+    embedded = json.loads(extra["metadata.json"])
+    assert embedded["version"] == metadata["version"] and embedded["name"] == metadata["name"]
+    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "networks.RIBCUNet"
+
+    parser = ConfigParser()
+    parser.read_config(str(inference))
+    parser["bundle_root"] = str(bundle)
+    eager = parser.get_parsed_content("network_def")
+    eager.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    eager.eval()
+    x = torch.rand(2, 3, 256, 256)
+    with torch.no_grad():
+        expected = eager(x)
+        assert torch.allclose(scripted(x), expected, atol=1e-5)
+
+    import onnxruntime
+
+    run_cli([PYTHON, bundle / "scripts" / "export_onnx.py", "--bundle_root", bundle], cwd=tmp_path)
+    session = onnxruntime.InferenceSession(str(bundle / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert np.allclose(session.run(["pred"], {"image": x.numpy()})[0], expected.numpy(), atol=1e-3)
+    assert session.get_modelmeta().custom_metadata_map["version"] == metadata["version"]
+
+
+def test_shipped_metadata_tells_the_truth():
+    metadata = json.loads((BUNDLE_ROOT / "configs" / "metadata.json").read_text())
+    assert metadata["schema"].endswith("/meta_schema_20240725.json")
+    packages = metadata["required_packages_version"]
+    assert packages["dermseg"] == "0.1.0"
+    import ignite
+    import monai
+
+    assert packages["monai"] == monai.__version__ and packages["pytorch-ignite"] == ignite.__version__
+    assert packages["torch"] == torch.__version__.split("+")[0]
+    image = metadata["network_data_format"]["inputs"]["image"]
+    assert (image["num_channels"], image["spatial_shape"], image["dtype"], image["value_range"]) == (3, [256, 256], "float32", [0, 1])
+    assert image["channel_def"] == {"0": "R", "1": "G", "2": "B"}
+    pred = metadata["network_data_format"]["outputs"]["pred"]
+    assert (pred["num_channels"], pred["format"], pred["channel_def"]) == (1, "logits", {"0": "lesion"})
+    from networks.preprocessing import MODEL_INPUT_SIZE
+
+    assert list(MODEL_INPUT_SIZE) == image["spatial_shape"]
+    for name in ("train.json", "evaluate.json", "inference.json"):
+        assert json.loads((BUNDLE_ROOT / "configs" / name).read_text())["image_size"] == image["spatial_shape"], name
