@@ -19,14 +19,30 @@ from monai.deploy.core.runtime_env import RuntimeEnv
 from operators.model import resolve_model_file
 
 from .app import SkinLesionSegApp
+from .edge import EdgeStore
+from .pacs import SendOptions, parse_targets, send_outputs
 from .settings import DEFAULT_MODEL_PATH, AppSettings
+
+
+def _default_model(settings: AppSettings) -> Path:
+    """The model when neither -m nor HOLOSCAN_MODEL_PATH names one: the edge store's active model where the
+    store has one installed (``python -m monai_app.edge install-model``), else the training bundle's export."""
+    if settings.edge_store is not None and (settings.edge_store / "edge.sqlite").exists():
+        with EdgeStore(settings.edge_store, create=False) as store:
+            active = store.active_model_path()
+        if active is not None:
+            return active
+    return DEFAULT_MODEL_PATH
 
 
 def _preflight(argv) -> AppSettings:
     """Check what the run needs before starting the graph, with a message a person can act on."""
-    if "HOLOSCAN_MODEL_PATH" not in os.environ:
-        os.environ["HOLOSCAN_MODEL_PATH"] = str(DEFAULT_MODEL_PATH)  # -m still takes precedence
     settings = AppSettings.from_env()
+    if settings.send_to:
+        parse_targets(settings.send_to)  # a typo in DERMSEG_SEND_TO stops the run before any inference
+        SendOptions.from_env()
+    if "HOLOSCAN_MODEL_PATH" not in os.environ:
+        os.environ["HOLOSCAN_MODEL_PATH"] = str(_default_model(settings))  # -m still takes precedence
     args = parse_args(argv)  # the SDK's own parser: exits 2 on a missing -i / -m path
     env = RuntimeEnv()
     input_path = Path(args.input or env.input)
@@ -71,9 +87,12 @@ def main(argv=None) -> int:
         "batch done: %d file(s): %s; %d for review; see %s", len(entries), counts, review,
         app.results_writer.output_folder / "results.json",
     )
-    # Seam for the PACS sender (DERMSEG_SEND_TO): it sends the DICOM outputs listed in the finished results.json.
     if settings.send_to:
-        logging.getLogger("monai_app").warning("DERMSEG_SEND_TO is set, but this version does not send: ignored")
+        # after the last results.json write: the sender adds its "transfers" records to that file; a failed send
+        # loses nothing (files stay in OUT, `python -m monai_app.send OUT` retries) and does not fail the batch
+        summary = send_outputs(app.results_writer.output_folder, settings.send_to)
+        log = logging.getLogger("monai_app")
+        (log.info if summary.ok else log.warning)("%s", summary)
     return 0
 
 

@@ -19,6 +19,7 @@ from operators import (
     SkinPhotoLoaderOperator,
 )
 
+from .edge.operator import EdgeStoreOperator
 from .settings import AppSettings
 
 __all__ = ["SkinLesionSegApp"]
@@ -85,12 +86,18 @@ class SkinLesionSegApp(Application):
         self.add_flow(score_confidence, write_seg, {("cases", "cases")})
         self.add_flow(write_seg, write_sr, {("cases", "cases")})
         self.add_flow(write_sr, write_overlays, {("cases", "cases")})
-        # Seam for the edge loop (DERMSEG_EDGE_STORE): an operator taking and giving "cases" goes here, while each
-        # case still holds its pixels, mask, confidence, model version and outputs (the results writer frees them).
-        # The PACS sender (DERMSEG_SEND_TO) needs the finished results.json: it runs after the graph (__main__).
         if settings.edge_store:
-            self._logger.warning("DERMSEG_EDGE_STORE is set, but this version has no edge store step: ignored")
-        self.add_flow(write_overlays, write_results, {("cases", "cases")})
+            # the edge loop: accepted cases become training samples, review cases wait for a person; it runs while
+            # each case still holds its pixels and mask (the results writer frees them)
+            store_cases = EdgeStoreOperator(
+                self, store_path=settings.edge_store, input_path=input_path, output_folder=output_folder,
+                name="store_cases",
+            )
+            self.add_flow(write_overlays, store_cases, {("cases", "cases")})
+            self.add_flow(store_cases, write_results, {("cases", "cases")})
+        else:
+            self.add_flow(write_overlays, write_results, {("cases", "cases")})
+        # Sending to the PACS (DERMSEG_SEND_TO) needs the finished results.json: it runs after the graph (__main__).
 
 
 if __name__ == "__main__":

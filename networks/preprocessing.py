@@ -65,7 +65,8 @@ def read_mask(path) -> np.ndarray:
 
 def _as_hwc_uint8_tensor(image) -> torch.Tensor:
     """Check an ``(H, W, 3)`` uint8 array or tensor and return it as a tensor without copying where possible."""
-    array = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
+    # a read-only array (np.asarray of a PIL image) is copied: torch cannot wrap it safely
+    array = torch.as_tensor(np.require(image, requirements=["C", "W"]) if isinstance(image, np.ndarray) else image)
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got shape {tuple(array.shape)}")
     if array.dtype != torch.uint8:
