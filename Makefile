@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Holoscan warns, and may crash deep call chains, below a 32 MiB stack.
 RUN := ulimit -s 32768 2>/dev/null || true;
 
-.PHONY: all setup test demo bench clean
+.PHONY: all setup test test-deps demo bench clean
 
 all: test
 
@@ -22,7 +22,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# Debian packages the tests need (a real Orthanc PACS); tests/test_pacs.py fails loudly without them
+test-deps:
+	sh tests/system_deps.sh
+
+test: $(STAMP) test-deps
 	$(RUN) $(PY) -m pytest tests
 
 demo: $(STAMP)
