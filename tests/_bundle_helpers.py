@@ -8,12 +8,13 @@ which keeps a full epoch under a second on two CPU cores.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Iterator, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = REPO_ROOT / "training_bundle"
@@ -55,9 +56,27 @@ def cli_args(overrides: Dict[str, Any]) -> list:
     return args
 
 
+@contextlib.contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Run torch with ``n`` intra-op threads, then restore the setting.
+
+    The tests run on two shared cores: two OpenMP threads per process next to other busy processes spin against
+    each other and make a one-second epoch take a minute.  One thread is also the fastest for these tiny inputs.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_cli(args: Sequence[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run a command (default: the project's Python) from ``cwd``; fail with its output if it fails."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    """Run a command (default: the project's Python) from ``cwd``, single-threaded like the in-process tests;
+    fail with its output if it fails."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.run([str(a) for a in args], cwd=str(cwd), env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")

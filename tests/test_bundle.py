@@ -24,9 +24,16 @@ from _bundle_helpers import (
     copy_bundle,
     run_cli,
     sample_overrides,
+    torch_threads,
     train_overrides,
 )
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
 
 def _read_log(path: Path):
     with open(path, newline="") as f:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import zipfile
 
@@ -13,7 +14,7 @@ import PIL.Image
 import pytest
 import torch
 
-from _bundle_helpers import BUNDLE_ROOT, PYTHON, SAMPLE_DATALIST, SAMPLE_DIR, SHARED_ISIC_256, copy_bundle, run_cli
+from _bundle_helpers import BUNDLE_ROOT, PYTHON, SAMPLE_DATALIST, SAMPLE_DIR, SHARED_ISIC_256, copy_bundle, run_cli, torch_threads
 
 sys.path.insert(0, str(BUNDLE_ROOT))  # the bundle's `scripts` package, as `monai.bundle run` makes it importable
 
@@ -25,6 +26,12 @@ from scripts.transforms import LogitsToOriginalSized  # noqa: E402
 
 SPLITS = ("training", "validation", "testing")
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
 
 def _ids(entries):
     return [e["image"].split("/")[-1][: -len(".jpg")] for e in entries]
@@ -99,7 +106,7 @@ def test_extra_datalists_are_appended_to_training(tmp_path):
     data = parser.get_parsed_content("train#datalist")
     assert len(data) == 10 + 3
     assert data[-1]["image"] == str(SAMPLE_DIR / sample["testing"][-1]["image"])  # absolute paths kept as they are
-    assert all(__import__("os").path.isfile(d["image"]) and __import__("os").path.isfile(d["label"]) for d in data)
+    assert all(os.path.isfile(d["image"]) and os.path.isfile(d["label"]) for d in data)
 
 
 def test_flip_averaging_and_resize_back():
@@ -113,9 +120,10 @@ def test_flip_averaging_and_resize_back():
 
 def test_resume_checkpoint_lookup_skips_truncated_files(tmp_path):
     assert latest_checkpoint(str(tmp_path)) == ""
-    for epoch in (3, 10, 11):
+    for n, epoch in enumerate((60, 3, 10, 11)):  # an old run's epoch 60, then a fresh run's epochs
         torch.save({"epoch": epoch}, tmp_path / f"checkpoint_epoch={epoch}.pt")
-    assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_epoch=11.pt")  # by number, not by name
+        os.utime(tmp_path / f"checkpoint_epoch={epoch}.pt", (1e9 + n, 1e9 + n))
+    assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_epoch=11.pt")  # the newest, not the highest
     data = (tmp_path / "checkpoint_epoch=11.pt").read_bytes()
     (tmp_path / "checkpoint_epoch=11.pt").write_bytes(data[: len(data) // 2])  # killed while writing
     assert not zipfile.is_zipfile(tmp_path / "checkpoint_epoch=11.pt")

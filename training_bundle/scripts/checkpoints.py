@@ -14,22 +14,23 @@ _EPOCH = re.compile(r"epoch=(\d+)\.pt$")
 
 
 def latest_checkpoint(directory: str, pattern: str = "checkpoint_epoch=*.pt") -> str:
-    """Path of the highest-epoch checkpoint ``CheckpointSaver(save_interval=...)`` wrote in ``directory``, or ``""``.
+    """Path of the checkpoint ``CheckpointSaver(save_interval=...)`` wrote last in ``directory``, or ``""``.
 
-    A run killed while writing leaves a truncated file; ``torch.save`` writes a zip archive, whose central
-    directory comes last, so such a file fails ``zipfile.is_zipfile`` and the previous epoch's checkpoint (the
-    saver keeps two) is used instead.
+    "Last" is by modification time (then epoch), not by epoch alone: after a ``--resume False`` restart in the
+    same folder, the new run's epoch 3 is newer than an old run's epoch 60.  A run killed while writing leaves
+    a truncated file; ``torch.save`` writes a zip archive, whose central directory comes last, so such a file
+    fails ``zipfile.is_zipfile`` and the previous checkpoint (the saver keeps two) is used instead.
     """
     found = []
     for path in glob.glob(os.path.join(glob.escape(str(directory)), pattern)):
         match = _EPOCH.search(os.path.basename(path))
         if match and zipfile.is_zipfile(path):
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else ""
+            found.append((os.path.getmtime(path), int(match.group(1)), path))
+    return max(found)[2] if found else ""
 
 
 class PruneCheckpoints:
-    """Keep only the ``keep`` highest-epoch checkpoints in ``directory`` after each epoch.
+    """Keep only the ``keep`` most recently written checkpoints in ``directory`` after each epoch.
 
     ``CheckpointSaver(n_saved=2)`` forgets, when a run is resumed, the files the interrupted run wrote, so
     without this every resume would leave two stale checkpoints behind.  Attach it after the saver.
@@ -50,6 +51,6 @@ class PruneCheckpoints:
         for path in glob.glob(os.path.join(glob.escape(self.directory), self.pattern)):
             match = _EPOCH.search(os.path.basename(path))
             if match:
-                found.append((int(match.group(1)), path))
-        for _, path in sorted(found)[: -self.keep]:
+                found.append((os.path.getmtime(path), int(match.group(1)), path))
+        for _, _, path in sorted(found)[: -self.keep]:
             os.remove(path)
