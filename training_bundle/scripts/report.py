@@ -51,7 +51,10 @@ def plot_training_curves(train_log: str, filepath: str) -> bool:
         if key in rows[0]:
             ax_acc.plot(epochs, [r.get(key, math.nan) for r in rows], marker=".", label=label)
     ax_acc.set_xlabel("epoch"), ax_acc.set_title("Accuracy and Jaccard")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
