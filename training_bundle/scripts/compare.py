@@ -54,11 +54,14 @@ def count_cost(bundle_root: str, name: str, overrides: Dict[str, Any]) -> Dict[s
     from torch.utils.flop_counter import FlopCounterMode
 
     parser = load_config(bundle_root, ["configs/inference.json", *VARIANTS[name][1]], {**VARIANTS[name][2], **overrides})
-    net = parser.get_parsed_content("network_def").eval()
     size = [int(s) for s in parser.get_parsed_content("image_size")]
+    # on the meta device: shapes only, so even the paper's width costs no time and no memory
+    with torch.device("meta"):
+        net = parser.get_parsed_content("network_def").eval()
+        image = torch.zeros(1, 3, *size)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        net(torch.zeros(1, 3, *size))
+        net(image)
     return {"params_m": sum(p.numel() for p in net.parameters()) / 1e6, "gflops": counter.get_total_flops() / 1e9}
 
 
@@ -89,7 +92,9 @@ def collect(bundle_root: str, work_dir: str, names: Sequence[str], common: Dict[
     for name in names:
         row: Dict[str, Any] = {"variant": name, "label": VARIANTS[name][0]}
         path = os.path.join(work_dir, name, "eval", "metrics.json")
-        metrics = json.load(open(path))["metrics"] if os.path.isfile(path) else {}
+        report = json.load(open(path)) if os.path.isfile(path) else {}
+        metrics = report.get("metrics", {})
+        row["evaluated_image_size"] = report.get("image_size")
         for key in ("mean_accuracy", "mean_jaccard", "pooled_jaccard", "mean_thresholded_jaccard", "mean_dice", "num_images"):
             row[key] = metrics.get(key, math.nan)
         row.update(count_cost(bundle_root, name, common))
@@ -111,6 +116,10 @@ def format_table(rows: Sequence[Dict[str, Any]], image_size: Sequence[int]) -> s
             f"| {r['label']} | {f(r['mean_accuracy'])} | {f(r['mean_jaccard'])} | {f(r['pooled_jaccard'])} | "
             f"{f(r['mean_thresholded_jaccard'])} | {f(r['mean_dice'])} | {r['params_m']:.2f} | {r['gflops']:.2f} |"
         )
+    for r in rows:  # metrics and cost must describe the same setting: say so when they do not
+        evaluated = r.get("evaluated_image_size")
+        if evaluated and [int(s) for s in evaluated] != [int(s) for s in image_size]:
+            lines.append(f"\nNote: {r['variant']} was evaluated at {'x'.join(map(str, evaluated))}, its GFLOPs are for {size}.")
     return "\n".join(lines)
 
 
