@@ -1,0 +1,246 @@
+"""The app's speed on typical dermoscopy: per stage, end to end, and the inference runtimes side by side.
+
+    .venv/bin/python benchmarks/app_throughput.py [--model MODEL.ts] [--cases 100] [--app-cases 60]
+
+Inputs are Dermoscopic Photography DICOM files (JPEG baseline, 765 x 575, the typical ISIC dermoscopy size)
+made from the shipped sample photos.  Three tables:
+
+1. per stage, in this process, over ``--cases`` cases with the app's own functions: decode, preprocess, model
+   call (batches of the app's default 8), postprocess (resize to the photo, sigmoid, mask), confidence, and the
+   writers (binary + fractional SEG, SR, overlay PNG + Secondary Capture);
+2. the whole app, ``python -m monai_app`` in a subprocess over ``--app-cases`` cases: wall time including
+   start-up, images/s, and the peak resident memory of the app process;
+3. the model call per image with eager PyTorch, TorchScript as exported, frozen TorchScript and ONNX Runtime
+   at batch 1 and 8, so the app's choice of runtime rests on a measurement.
+
+Without ``--model`` the bundle's export ``training_bundle/models/model.ts`` is used; where there is none, a
+random RIBCUNet of the shipped width (same cost, meaningless masks) is exported in its place and the tables
+say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+import PIL.Image
+import pydicom
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "samples"))
+
+from make_samples import photo_dataset  # noqa: E402  (the sample builder: the same DMS files the demo ships)
+
+from networks import RIBCUNet  # noqa: E402
+from networks.preprocessing import logits_to_probability, probability_to_mask, rgb_to_model_input  # noqa: E402
+from operators.case import ModelInfo  # noqa: E402
+from operators.confidence import lesion_confidence  # noqa: E402
+from operators.dicom_outputs import (  # noqa: E402
+    build_binary_seg,
+    build_fractional_seg,
+    build_measurement_report,
+    build_overlay_sc,
+    lesion_area,
+    overlay_rgb,
+)
+from operators.loader import dicom_to_rgb, load_file  # noqa: E402
+from operators.model import load_torchscript_model  # noqa: E402
+
+TYPICAL_SIZE = (765, 575)  # width, height
+SHIPPED_WIDTH = (12, 24, 48, 96, 192)
+BATCH = 8
+
+
+def sample_photos() -> List[np.ndarray]:
+    """The shipped sample photos (DICOM and JPEG), as RGB at the typical dermoscopy size."""
+    photos = []
+    for path in sorted((REPO / "samples" / "input").rglob("*")):
+        if path.suffix.lower() == ".dcm":
+            rgb = dicom_to_rgb(pydicom.dcmread(path))
+        elif path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+            rgb = np.asarray(PIL.Image.open(path).convert("RGB"))
+        else:
+            continue
+        photos.append(np.asarray(PIL.Image.fromarray(rgb).resize(TYPICAL_SIZE, PIL.Image.BILINEAR)))
+    return photos
+
+
+def make_inputs(folder: Path, count: int) -> List[Path]:
+    photos = sample_photos()
+    paths = []
+    for i in range(count):
+        ds = photo_dataset(photos[i % len(photos)], compression="jpeg", pixel_spacing_mm=0.02, seed=f"bench-{i}")
+        path = folder / f"case{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def model_path(requested: str | None, scratch: Path) -> tuple[Path, str]:
+    if requested:
+        return Path(requested), "given"
+    exported = REPO / "training_bundle" / "models" / "model.ts"
+    if exported.exists():
+        return exported, "training_bundle/models/model.ts"
+    torch.manual_seed(0)
+    path = scratch / "random_shipped_width.ts"
+    scripted = torch.jit.script(RIBCUNet(channels=SHIPPED_WIDTH).eval())
+    torch.jit.save(scripted, str(path), _extra_files={"metadata.json": json.dumps({"name": "random", "version": "0"})})
+    return path, f"RANDOM weights, width {SHIPPED_WIDTH[0]} (no export found)"
+
+
+def stage_table(paths: List[Path], model, info: ModelInfo, out: Path) -> Dict[str, float]:
+    seconds: Dict[str, float] = {k: 0.0 for k in ("decode", "preprocess", "model", "postprocess", "confidence", "SEG (binary + fractional)", "SR", "overlay PNG + SC")}
+    for start in range(0, len(paths), BATCH):
+        chunk = paths[start : start + BATCH]
+        t = time.perf_counter()
+        cases = [load_file(p, p.name) for p in chunk]
+        seconds["decode"] += time.perf_counter() - t
+        t = time.perf_counter()
+        inputs = torch.stack([rgb_to_model_input(c.rgb) for c in cases])
+        seconds["preprocess"] += time.perf_counter() - t
+        t = time.perf_counter()
+        with torch.inference_mode():
+            logits = model(inputs)
+        seconds["model"] += time.perf_counter() - t
+        for i, case in enumerate(cases):
+            t = time.perf_counter()
+            probability = logits_to_probability(logits[i : i + 1], case.rgb.shape[:2])
+            case.probability = probability[0, 0].numpy()
+            case.mask = probability_to_mask(probability)[0, 0].numpy()
+            seconds["postprocess"] += time.perf_counter() - t
+            t = time.perf_counter()
+            case.confidence = lesion_confidence(case.probability)
+            seconds["confidence"] += time.perf_counter() - t
+            t = time.perf_counter()
+            seg = build_binary_seg(case.source, case.mask, info)
+            seg.save_as(out / f"{i}_seg.dcm")
+            build_fractional_seg(case.source, case.probability, info).save_as(out / f"{i}_fseg.dcm")
+            seconds["SEG (binary + fractional)"] += time.perf_counter() - t
+            t = time.perf_counter()
+            area, unit = lesion_area(case.source, case.mask)
+            build_measurement_report(case.source, seg, info, area, unit, case.confidence).save_as(out / f"{i}_sr.dcm")
+            seconds["SR"] += time.perf_counter() - t
+            t = time.perf_counter()
+            overlay = overlay_rgb(case.rgb, case.mask)
+            PIL.Image.fromarray(overlay).save(out / f"{i}_overlay.png")
+            build_overlay_sc(case.source, overlay, info).save_as(out / f"{i}_sc.dcm")
+            seconds["overlay PNG + SC"] += time.perf_counter() - t
+    return seconds
+
+
+def whole_app(input_folder: Path, model: Path, out: Path) -> Dict[str, float]:
+    command = ["bash", "-c", 'ulimit -s 32768 2>/dev/null; exec "$0" "$@"', sys.executable, "-m", "monai_app",
+               "-i", str(input_folder), "-o", str(out), "-m", str(model)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"the app failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far: the app
+    cases = json.loads((out / "results.json").read_text())["cases"]
+    ok = sum(c["status"] == "ok" for c in cases)
+    return {"wall_s": wall, "cases": len(cases), "ok": ok, "img_s": len(cases) / wall,
+            "peak_rss_mib": max(peak_kib, before) / 1024}
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def runtime_table(model_file: Path, repeats: int) -> List[tuple]:
+    exported = torch.jit.load(str(model_file)).eval()
+    frozen = torch.jit.freeze(torch.jit.load(str(model_file)).eval())
+    rows = []
+    runners: Dict[str, Callable[[torch.Tensor], object]] = {
+        "TorchScript as exported (the app)": lambda x: exported(x),
+        "TorchScript frozen": lambda x: frozen(x),
+    }
+    try:
+        import onnxruntime as ort
+
+        buffer = io.BytesIO()
+        torch.onnx.export(exported, (torch.rand(1, 3, 256, 256),), buffer, input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False, opset_version=17)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        runners["ONNX Runtime (CPU)"] = lambda x: session.run(None, {"image": x.numpy()})
+    except Exception as exc:  # the table says why the row is missing
+        print(f"ONNX Runtime row left out: {type(exc).__name__}: {exc}")
+    with torch.inference_mode():
+        for batch in (1, BATCH):
+            x = torch.rand(batch, 3, 256, 256)
+            for name, run in runners.items():
+                rows.append((name, batch, 1e3 * median_seconds(lambda: run(x), repeats) / batch))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="TorchScript model (default: the bundle's export)")
+    parser.add_argument("--cases", type=int, default=100, help="cases for the per-stage table")
+    parser.add_argument("--app-cases", type=int, default=60, help="cases for the whole-app run")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    with tempfile.TemporaryDirectory(prefix="dermseg-bench-") as scratch:
+        scratch = Path(scratch)
+        model_file, model_label = model_path(args.model, scratch)
+        (scratch / "in").mkdir()
+        (scratch / "written").mkdir()
+        paths = make_inputs(scratch / "in", max(args.cases, args.app_cases))
+
+        model, info = load_torchscript_model(model_file)
+        stages = stage_table(paths[: args.cases], model, info, scratch / "written")
+        app_in = scratch / "app_in"
+        app_in.mkdir()
+        for p in paths[: args.app_cases]:
+            os.link(p, app_in / p.name)
+        app = whole_app(app_in, model_file, scratch / "app_out")
+        runtimes = runtime_table(model_file, args.repeats)
+
+    print(f"\nModel: {model_label}; {torch.get_num_threads()} threads; inputs: DMS JPEG {TYPICAL_SIZE[0]}x{TYPICAL_SIZE[1]}\n")
+    total = sum(stages.values())
+    print(f"Per stage, {args.cases} cases in one process (model calls in batches of {BATCH})\n")
+    print("| stage | ms per image | share |")
+    print("|---|---:|---:|")
+    for name, s in stages.items():
+        print(f"| {name} | {1e3 * s / args.cases:.1f} | {100 * s / total:.0f}% |")
+    print(f"| **all stages** | **{1e3 * total / args.cases:.1f}** | {args.cases / total:.2f} images/s |")
+
+    print(f"\nThe whole app, `python -m monai_app`, {app['cases']} cases ({app['ok']} ok), start-up included\n")
+    print("| wall (s) | images/s | target | peak RSS (MiB) |")
+    print("|---:|---:|---:|---:|")
+    print(f"| {app['wall_s']:.1f} | {app['img_s']:.2f} | >= 2.00 | {app['peak_rss_mib']:.0f} |")
+
+    print("\nModel call per image, 256x256 (median)\n")
+    base = {b: ms for name, b, ms in runtimes if name.startswith("TorchScript as exported")}
+    print("| runtime | batch | ms per image | vs the app's |")
+    print("|---|---:|---:|---:|")
+    for name, batch, ms in runtimes:
+        print(f"| {name} | {batch} | {ms:.0f} | {ms / base[batch]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
