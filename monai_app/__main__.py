@@ -11,11 +11,15 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
+
+import pydicom.config
 
 from monai.deploy.core import parse_args
 from monai.deploy.core.runtime_env import RuntimeEnv
 
+from operators.case import remove_partial_files
 from operators.model import resolve_model_file
 
 from .app import SkinLesionSegApp
@@ -59,11 +63,31 @@ def _preflight(argv) -> AppSettings:
             pass
     except OSError as exc:
         raise PermissionError(f"output folder {output_folder} is not writable: {exc.strerror}") from None
+    # a run killed mid-write left temporary files: this run rewrites every output, the leftovers only mislead
+    removed = remove_partial_files(output_folder)
+    if removed:
+        logging.getLogger("monai_app").info("removed %d partial file(s) a stopped run left in OUT", removed)
     return settings
+
+
+class _NoPatientNameRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "patient_name" not in record.getMessage()
+
+
+def _keep_patient_data_out_of_logs() -> None:
+    """The libraries quote attribute values in their warnings: highdicom a patient name without a '^' (common:
+    "John Smith"), pydicom any value that breaks its VR's rules.  At the default level the log holds no patient
+    data, so those warnings are off; the loader checks the values the app relies on and reports in results.json.
+    """
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person name")
+    logging.getLogger("highdicom").addFilter(_NoPatientNameRecords())
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    _keep_patient_data_out_of_logs()
     try:
         settings = _preflight(argv)
     except (ValueError, OSError) as exc:

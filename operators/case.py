@@ -17,7 +17,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-__all__ = ["Case", "CaseBatch", "ModelInfo", "CaseStatus", "is_valid_uid", "atomic_write_bytes", "atomic_write_with", "case_output_dir"]
+__all__ = [
+    "Case", "CaseBatch", "ModelInfo", "CaseStatus", "is_valid_uid", "atomic_write_bytes", "atomic_write_with",
+    "case_output_dir", "remove_partial_files",
+]
 
 
 class CaseStatus:
@@ -135,6 +138,27 @@ def atomic_write_with(path: Path, write) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _is_partial_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".part")  # what atomic_write_with names its temporary files
+
+
+def remove_partial_files(output_root: Path) -> int:
+    """Remove the temporary files a killed run left behind in OUT and its case folders; returns how many.
+
+    Only names :func:`atomic_write_with` makes (``.<name>.<random>.part``) are touched, and only in OUT and
+    ``OUT/<uid>/``: a run killed between ``mkstemp`` and ``os.replace`` leaves one behind.
+    """
+    removed = 0
+    output_root = Path(output_root)
+    folders = [output_root] + [p for p in output_root.iterdir() if p.is_dir() and not p.is_symlink()]
+    for folder in folders:
+        for path in folder.iterdir():
+            if _is_partial_name(path.name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import json
 import logging
 import os
+import stat
+import struct
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -23,7 +26,9 @@ import PIL.Image
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.encaps import generate_frames
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.valuerep import DA, TM
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
@@ -35,6 +40,7 @@ __all__ = [
     "SkinPhotoLoaderOperator",
     "PHOTO_SOP_CLASSES",
     "MAX_PIXELS",
+    "MAX_FILE_BYTES",
     "load_file",
     "iter_input_files",
     "dicom_to_rgb",
@@ -55,6 +61,8 @@ PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 # Refused before any pixel is decoded: a decompression bomb declares a huge size in a few bytes.
 # 50 megapixels is above any dermoscope or phone camera in use (a 48 MP phone sensor is 8000 x 6000).
 MAX_PIXELS = 50_000_000
+# No file is read whole beyond this: uncompressed 8-bit RGB at MAX_PIXELS is 150 MB.
+MAX_FILE_BYTES = 4 * MAX_PIXELS
 
 # The attributes highdicom needs on every source image (empty values are fine): SPEC 5.
 _TYPE2_ATTRIBUTES = (
@@ -120,6 +128,38 @@ def _check_size(rows: int, columns: int, what: str) -> None:
         raise ValueError(f"{what} declares {rows} x {columns} pixels, more than the {MAX_PIXELS} allowed")
 
 
+def _codestream_size(frame: bytes) -> Optional[Tuple[int, int]]:
+    """``(rows, columns)`` as a compressed frame's own header declares them (JPEG / JPEG-LS SOF, JPEG 2000 SIZ)."""
+    if frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 24:  # JPEG 2000: SOC, then SIZ with Xsiz Ysiz XOsiz YOsiz
+        xsiz, ysiz, x0, y0 = struct.unpack(">4I", frame[8:24])
+        return ysiz - y0, xsiz - x0
+    if frame[:2] != b"\xff\xd8":
+        return None
+    offset = 2  # JPEG: walk the marker segments to the start of frame
+    while offset + 9 <= len(frame) and frame[offset] == 0xFF:
+        marker = frame[offset + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) or marker == 0xF7:  # SOFn, JPEG-LS SOF55
+            return struct.unpack(">HH", frame[offset + 5 : offset + 9])
+        offset += 2 + struct.unpack(">H", frame[offset + 2 : offset + 4])[0]
+    return None
+
+
+def _check_compressed_size(ds: Dataset, syntax: str, rows: int, columns: int) -> None:
+    """A compressed frame must declare the size the DICOM header declares, checked before decoding it: a decoder
+    allocates what the stream declares, and a JPEG stream can declare gigapixels inside a small, honest-looking file.
+    """
+    if syntax == RLELossless:
+        return  # decoded into the size the DICOM header declares
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1), b"")
+    size = _codestream_size(frame)
+    if size is None:
+        raise ValueError(f"cannot read the image size in the compressed pixel data ({pydicom.uid.UID(syntax).name})")
+    if size != (rows, columns):
+        raise ValueError(
+            f"the compressed image declares {size[0]} x {size[1]} pixels, the DICOM header {rows} x {columns}"
+        )
+
+
 def dicom_to_rgb(ds: Dataset) -> np.ndarray:
     """The photograph in a DICOM dataset as ``(H, W, 3)`` uint8 RGB.
 
@@ -166,6 +206,8 @@ def dicom_to_rgb(ds: Dataset) -> np.ndarray:
         needed = rows * columns * bytes_per_pixel
         if data_length < needed:
             raise ValueError(f"PixelData holds {data_length} bytes, {rows} x {columns} x {samples} needs {needed}")
+    else:
+        _check_compressed_size(ds, syntax, rows, columns)
 
     pixels = ds.pixel_array  # pydicom 3 converts YBR to RGB itself
     if samples == 1:
@@ -178,10 +220,27 @@ def dicom_to_rgb(ds: Dataset) -> np.ndarray:
 
 
 def _complete_source(ds: Dataset) -> Dataset:
-    """Add the empty type-2 attributes that highdicom needs on a source and that some real files lack."""
+    """Add the empty type-2 attributes that highdicom needs on a source and that some real files lack, and make
+    the ones it copies into the SEG, SR and SC acceptable to it.
+
+    Text in whatever character set the file declares (ISO 2022 Japanese, one no one knows, none while holding
+    UTF-8 bytes) is decoded and the source re-declared as UTF-8: highdicom refuses many declared sets.  Malformed
+    type-2 values some devices write (a birth date ``1970-01-01``, a sex ``unknown``) become empty (unknown) rather
+    than failing the case.
+    """
+    ds.decode()
+    ds.SpecificCharacterSet = "ISO_IR 192"
     for keyword in _TYPE2_ATTRIBUTES:
         if keyword not in ds:
             setattr(ds, keyword, "")
+    for keyword, value_type in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
+        value = ds.get(keyword)
+        try:
+            value_type(str(value or "") or None)
+        except (TypeError, ValueError):
+            setattr(ds, keyword, "")
+    if str(ds.PatientSex).upper() not in ("M", "F", "O", ""):
+        ds.PatientSex = ""
     if "Modality" not in ds or not ds.Modality:
         ds.Modality = {DERMOSCOPIC_PHOTOGRAPHY: "DMS", VL_PHOTOGRAPHIC: "XC"}.get(str(ds.SOPClassUID), "OT")
     return ds
@@ -194,8 +253,35 @@ def _check_uids(ds: Dataset) -> None:
             raise ValueError(f"{keyword} {str(value)[:80]!r} is not a valid DICOM UID")
 
 
+class _FileReadingNoMoreThanItHolds(io.FileIO):
+    """A file whose ``read(n)`` allocates at most what is left in it: a corrupt length field in a 7 kB file makes
+    pydicom ask for gigabytes, and ``read(n)`` allocates ``n`` bytes before it reads."""
+
+    def __init__(self, path, mode: str = "rb"):  # pydicom re-opens it by name, mode "rb", for deferred values
+        super().__init__(str(path), mode)
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(0, self._size - self.tell()))
+        return super().read(size)
+
+
 def load_dicom(path: Path, source_file: str) -> Case:
-    ds = pydicom.dcmread(path)  # InvalidDicomError for a file that is not DICOM at all
+    with _FileReadingNoMoreThanItHolds(path) as f:
+        # the file meta alone first (InvalidDicomError for a file that is not DICOM at all): a deflated data set is
+        # inflated whole by pydicom, before any size in it could be checked (read_file_meta_info's two steps)
+        pydicom.filereader.read_preamble(f, False)
+        if pydicom.filereader._read_file_meta_info(f).get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            raise ValueError("Deflated Explicit VR Little Endian is not supported (its size cannot be checked before inflating)")
+        f.seek(0)
+        # values over 1 MB are read only when used, after the size checks below and in dicom_to_rgb
+        ds = pydicom.dcmread(f, defer_size="1 MB")
+    file_size = path.stat().st_size
+    for tag in list(ds.keys()):
+        length = getattr(ds.get_item(tag, keep_deferred=True), "length", 0)
+        if length != 0xFFFFFFFF and length > file_size:
+            raise ValueError(f"element {tag} declares {length} bytes, more than the whole file holds (a corrupt file)")
     rgb = dicom_to_rgb(ds)
     _check_uids(ds)
     _complete_source(ds)
@@ -316,8 +402,13 @@ def load_photo(path: Path, source_file: str) -> Case:
 def load_file(path: Path, source_file: str) -> Case:
     """One file to one case.  Never raises: every problem becomes an ``error`` or ``skipped`` case."""
     try:
-        if path.stat().st_size == 0:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file (a FIFO, socket or device): not opened")
+        if info.st_size == 0:
             raise ValueError("empty file (0 bytes)")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ValueError(f"{info.st_size} bytes, more than the {MAX_FILE_BYTES} allowed for one photograph")
         try:
             return load_dicom(path, source_file)
         except InvalidDicomError:
@@ -330,6 +421,8 @@ def load_file(path: Path, source_file: str) -> Case:
         except (PIL.UnidentifiedImageError, ValueError):
             is_photo = False
         if not is_photo:
+            if path.suffix.lower() in PHOTO_SUFFIXES:
+                raise ValueError(f"not a readable {path.suffix.lower().lstrip('.').upper()} image (no image library can identify it)")
             raise SkippedInput("neither a DICOM file nor a photo (JPEG, PNG, ...)")
         return load_photo(path, source_file)
     except SkippedInput as exc:
@@ -337,6 +430,10 @@ def load_file(path: Path, source_file: str) -> Case:
     except MemoryError:
         case = Case(source_file=source_file)
         case.fail("loading", "out of memory decoding the image")
+        return case
+    except OSError as exc:  # the reason without the absolute path: results.json names no site folder layout
+        case = Case(source_file=source_file)
+        case.fail("loading", f"{type(exc).__name__}: {exc.strerror or exc}")
         return case
     except Exception as exc:  # one bad file must never end the batch
         case = Case(source_file=source_file)

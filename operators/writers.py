@@ -18,7 +18,7 @@ import PIL.Image
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from .case import Case, atomic_write_bytes, atomic_write_with, case_output_dir
+from .case import Case, atomic_write_bytes, atomic_write_with, case_output_dir, is_valid_uid
 from .dicom_outputs import (
     build_binary_seg,
     build_fractional_seg,
@@ -77,7 +77,19 @@ class _CaseWriter(Operator):
                 self.write_case(case, case_output_dir(self.output_folder, case))
             except Exception as exc:
                 case.fail(self.stage, exc)
+                self._remove_outputs(case)
         op_output.emit(cases, "cases")
+
+    def _remove_outputs(self, case: Case) -> None:
+        """A failed case leaves nothing behind: no half set of outputs a reader or a PACS could take for a result."""
+        for relative in case.outputs.values():
+            (self.output_folder / relative).unlink(missing_ok=True)
+        case.outputs.clear()
+        if is_valid_uid(case.sop_instance_uid):
+            try:
+                (self.output_folder / case.sop_instance_uid).rmdir()
+            except OSError:
+                pass  # not empty: it holds another run's files, which are not this case's to remove
 
     def _record(self, case: Case, kind: str, path: Path) -> None:
         case.outputs[kind] = path.relative_to(self.output_folder).as_posix()
