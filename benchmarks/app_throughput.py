@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO / "samples"))
 
 from make_samples import photo_dataset  # noqa: E402  (the sample builder: the same DMS files the demo ships)
 
+from network_size import SHIPPED_WIDTH  # noqa: E402
 from networks import RIBCUNet  # noqa: E402
 from networks.preprocessing import logits_to_probability, probability_to_mask, rgb_to_model_input  # noqa: E402
 from operators.case import ModelInfo  # noqa: E402
@@ -59,7 +60,6 @@ from operators.loader import dicom_to_rgb, load_file  # noqa: E402
 from operators.model import load_torchscript_model  # noqa: E402
 
 TYPICAL_SIZE = (765, 575)  # width, height
-SHIPPED_WIDTH = (12, 24, 48, 96, 192)
 BATCH = 8
 
 

@@ -2,7 +2,7 @@
 """Does the app's confidence find its failures?  AUROC, Spearman and a threshold table on the test split.
 
     .venv/bin/python benchmarks/confidence_eval.py [--model training_bundle/models/model.ts]
-        [--data /work/shared/data/isic2018_task1_512] [--limit N] [--tta] [--json OUT.json]
+        [--data ../shared/data/isic2018_task1_512] [--limit N] [--tta] [--json OUT.json]
 
 Each test image goes through the app's own code: ``operators.segmentation.segment_cases`` (the shared
 preprocessing, the TorchScript model, probabilities at the image's size) and
@@ -139,7 +139,7 @@ def print_summary(summary: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=REPO / "training_bundle" / "models" / "model.ts")
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/isic2018_task1_512"))
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "isic2018_task1_512")
     parser.add_argument("--datalist", type=Path, default=REPO / "training_bundle" / "configs" / "datalist.json")
     parser.add_argument("--split", default="testing")
     parser.add_argument("--limit", type=int, default=None, help="first N images of the split only")

@@ -21,6 +21,7 @@ from networks import RIBCUNet
 
 PAPER_WIDTH = (64, 128, 256, 512, 1024)
 COMPACT_WIDTH = (16, 32, 64, 128, 256)
+SHIPPED_WIDTH = (12, 24, 48, 96, 192)  # the training bundle's default: the width of the model the app ships
 
 
 def ribcunet(channels, residual_inception=True, bi_convgru=True) -> Callable[[], torch.nn.Module]:
@@ -30,7 +31,7 @@ def ribcunet(channels, residual_inception=True, bi_convgru=True) -> Callable[[],
 def networks() -> List[Tuple[str, Callable[[], torch.nn.Module]]]:
     """The networks of the README's tables: RIBCUNet widths and variants, then MONAI's U-Nets at defaults."""
     rows = []
-    for label, width in (("paper width 64", PAPER_WIDTH), ("compact width 16", COMPACT_WIDTH)):
+    for label, width in (("paper width 64", PAPER_WIDTH), ("compact width 16", COMPACT_WIDTH), ("shipped width 12", SHIPPED_WIDTH)):
         for variant, ri, bg in (
             ("U-Net", False, False),
             ("+ residual Inception", True, False),

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from network_size import COMPACT_WIDTH, PAPER_WIDTH, ribcunet
+from network_size import COMPACT_WIDTH, PAPER_WIDTH, SHIPPED_WIDTH, ribcunet
 from monai.networks.nets import AttentionUnet, BasicUNet, UNet
 
 
@@ -83,6 +83,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
 
     nets: List[Tuple[str, Callable[[], torch.nn.Module]]] = [
+        ("RIBCUNet width 12 (shipped)", ribcunet(SHIPPED_WIDTH)),
         ("RIBCUNet width 16", ribcunet(COMPACT_WIDTH)),
         ("MONAI UNet (16..256)", lambda: UNet(2, 3, 1, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)),
         ("MONAI BasicUNet", lambda: BasicUNet(2, 3, 1)),

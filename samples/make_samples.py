@@ -29,7 +29,7 @@ MODALITY = {DERMOSCOPIC_PHOTOGRAPHY: "DMS", VL_PHOTOGRAPHIC: "XC", SECONDARY_CAP
 
 HERE = Path(__file__).resolve().parent
 INPUT = HERE / "input"  # what the app reads; this script and the README stay outside it
-DEFAULT_DATA = Path("/work/shared/data/isic2018_task1_512")
+DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "isic2018_task1_512"  # ../shared beside the checkout
 UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root: fine for invented demo data
 
 

@@ -20,7 +20,11 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-DATA_512 = Path("/work/shared/data/isic2018_task1_512")
+# Real ISIC images: the 512-px copy in ../shared where it is (CI), else the 16 pairs the project ships for tests
+# (64 px, same layout), so the app's tests run on a user's machine too.
+SHARED_512 = REPO.parent / "shared" / "data" / "isic2018_task1_512"
+SHIPPED_SAMPLE = REPO / "tests" / "data" / "isic_sample"
+DATA_512 = SHARED_512 if (SHARED_512 / "ISIC2018_Task1-2_Training_Input").is_dir() else SHIPPED_SAMPLE
 SAMPLES = REPO / "samples"
 TINY_MODEL_METADATA = {"name": "dermseg_tiny_test", "version": "0.0.1-test", "description": "random weights, tests only"}
 
@@ -62,7 +66,13 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
 
 
 def isic_rgb(name: str = "ISIC_0000000", size: int | None = 96) -> np.ndarray:
-    """A real dermoscopy image, small by default so tests stay fast."""
+    """A real dermoscopy image, small by default so tests stay fast.
+
+    From the shipped sample, a name it does not hold maps to one it does, deterministically."""
+    folder = DATA_512 / "ISIC2018_Task1-2_Training_Input"
+    if not (folder / f"{name}.jpg").exists():
+        available = sorted(p.stem for p in folder.glob("ISIC_*.jpg"))
+        name = available[int("".join(ch for ch in name if ch.isdigit()) or 0) % len(available)]
     return make_samples.isic_rgb(name, DATA_512, size)
 
 

@@ -72,7 +72,8 @@ def test_training_writes_best_model_checkpoints_and_log(trained_bundle):
     assert best["best_metric"] == pytest.approx(max(float(r["val_mean_jaccard"]) for r in rows))
     from networks import RIBCUNet
 
-    RIBCUNet(channels=(16, 32, 64, 128, 256)).load_state_dict(torch.load(models / "model.pt", weights_only=True))
+    default_width = json.loads((BUNDLE_ROOT / "configs" / "train.json").read_text())["channels"]
+    RIBCUNet(channels=default_width).load_state_dict(torch.load(models / "model.pt", weights_only=True))
 
 
 def test_resume_continues_at_the_next_epoch(trained_bundle, tmp_path):
