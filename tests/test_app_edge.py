@@ -13,6 +13,7 @@ import pytest
 from networks.preprocessing import read_mask, read_rgb
 
 from _app_helpers import PYTHON, REPO, SAMPLES, make_tiny_model, read_results, run_app
+from _bundle_helpers import SAMPLE_DATALIST, cli_args, copy_bundle, run_cli, train_overrides
 
 SAMPLE_INPUT = SAMPLES / "input"
 
@@ -78,6 +79,17 @@ def test_review_cases_are_queued_corrected_and_become_samples(tmp_path, tiny_mod
         assert image.shape[:2] == label.shape
         h, w = label.shape
         assert label[h // 2, w // 2] == 1 and label[0, 0] == 0  # the reviewer's mask, not the model's
+
+    # the cloud's side: the bundle trains one short epoch on its ISIC sample plus the edge datalist
+    bundle = copy_bundle(tmp_path / "bundle")
+    isic_training = len(json.loads(SAMPLE_DATALIST.read_text())["training"])
+    batch_size = 4
+    overrides = train_overrides(bundle, epochs=1, batch_size=batch_size, extra_datalists=[str(datalist_path)])
+    trained = run_cli([PYTHON, "-m", "monai.bundle", "run", "--config_file", bundle / "configs" / "train.json",
+                       *cli_args(overrides)], cwd=tmp_path)
+    iterations = -(-(isic_training + len(training)) // batch_size)  # the edge samples are in the epoch
+    assert f"Iter: {iterations}/{iterations}" in trained.stdout + trained.stderr
+    assert (bundle / "models" / "model.pt").is_file()
 
 
 def test_accepted_cases_are_samples_and_the_installed_model_is_used(tmp_path, tiny_model):
