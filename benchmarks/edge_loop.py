@@ -1,0 +1,170 @@
+"""The whole edge loop, measured: deploy, route, correct, fine-tune, redeploy, and what it bought.
+
+    .venv/bin/python benchmarks/edge_loop.py [--edge-cases 100] [--test-cases 100] [--isic-train 300]
+        [--epochs 2] [--work runs/edge_loop]
+
+1. The deployed model (``training_bundle/models/model.pt`` and its export ``model.ts``) runs in the app with an
+   edge store over ``--edge-cases`` photos it never trained on: the first images of the bundle's test split, from
+   the 512-px copy (a resolution the model never saw), given to the app as plain JPEG photos.
+2. The confidence routes them; "the institution" corrects every ``review`` case with its ground truth, returned
+   as PNG corrections through ``python -m monai_app.edge import-corrections``.
+3. The bundle fine-tunes the deployed weights (``--pretrained_checkpoint``) on ``--isic-train`` ISIC training
+   images plus the edge datalist, and exports the next model version, which is installed at the edge.
+   A control arm fine-tunes the same way on the ISIC images alone, so that what the edge samples bought is
+   separated from what more training bought.
+4. Everything is scored by the bundle's own ``evaluate.json`` on ``--test-cases`` further test-split images
+   (disjoint from the edge set), and the routing by the per-image Jaccard of the deployed model on the edge set.
+
+Needs ``../shared/data`` (the ISIC copies).  CPU cost with the defaults: about 20-40 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "training_bundle"
+SHARED = REPO.parent / "shared" / "data"
+FAILURE_JACCARD = 0.65
+
+
+def run(args: List[str], env: Dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    command = ["bash", "-c", 'ulimit -s 32768 2>/dev/null; exec "$0" "$@"', *map(str, args)]
+    result = subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True)
+    if result.returncode not in (0,):
+        raise SystemExit(f"failed ({result.returncode}): {' '.join(map(str, args))}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def bundle(config: str, **overrides) -> None:
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", BUNDLE / "configs" / config, "--bundle_root", BUNDLE]
+    for key, value in overrides.items():
+        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    run(args)
+
+
+def evaluate(checkpoint: Path, datalist: Path, out: Path) -> Dict[str, float]:
+    bundle("evaluate.json", checkpoint=str(checkpoint), datalist_file=str(datalist), dataset_dir=str(SHARED / "isic2018_task1_512"),
+           output_dir=str(out), train_log=str(out / "none.csv"))
+    return json.loads((out / "metrics.json").read_text())["metrics"]
+
+
+def per_image_jaccard(eval_dir: Path) -> Dict[str, float]:
+    with open(eval_dir / "per_image.csv") as f:
+        return {Path(row["image"]).stem: float(row["jaccard"]) for row in csv.DictReader(f)}
+
+
+def absolute(entries: List[dict], root: Path) -> List[dict]:
+    return [{"image": str(root / e["image"]), "label": str(root / e["label"])} for e in entries]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edge-cases", type=int, default=100)
+    parser.add_argument("--test-cases", type=int, default=100)
+    parser.add_argument("--isic-train", type=int, default=300)
+    parser.add_argument("--validation", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "edge_loop")
+    args = parser.parse_args()
+    deployed_pt, deployed_ts = BUNDLE / "models" / "model.pt", BUNDLE / "models" / "model.ts"
+    for needed in (SHARED / "isic2018_task1_512", deployed_pt, deployed_ts):
+        if not needed.exists():
+            raise SystemExit(f"edge_loop: {needed} is missing (needs ../shared/data and the bundle's trained, exported model)")
+    start = time.perf_counter()
+    work = args.work.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    split = json.loads((BUNDLE / "configs" / "datalist.json").read_text())
+    data512, data256 = SHARED / "isic2018_task1_512", SHARED / "isic2018_task1_256"
+    edge_in = absolute(split["testing"][: args.edge_cases], data512)
+    edge_test = absolute(split["testing"][args.edge_cases : args.edge_cases + args.test_cases], data512)
+    (work / "edge_test.json").write_text(json.dumps({"testing": edge_test}))
+    (work / "edge_in.json").write_text(json.dumps({"testing": edge_in}))
+
+    # 1. the app at the edge, plain photos in, an edge store behind it
+    photos = work / "photos"
+    photos.mkdir()
+    for entry in edge_in:
+        os.symlink(entry["image"], photos / Path(entry["image"]).name)
+    store = work / "store"
+    run([sys.executable, "-m", "monai_app", "-i", photos, "-o", work / "app_out", "-m", deployed_ts],
+        env={"DERMSEG_EDGE_STORE": str(store)})
+    cases = [c for c in json.loads((work / "app_out" / "results.json").read_text())["cases"] if c["status"] == "ok"]
+    route = {Path(c["source_file"]).stem: c["route"] for c in cases}
+
+    # 2. the institution corrects the review cases with the ground truth
+    corrections = work / "corrections"
+    corrections.mkdir()
+    truth = {Path(e["image"]).stem: e["label"] for e in edge_in}
+    for case in cases:
+        if case["route"] == "review":
+            shutil.copy(truth[Path(case["source_file"]).stem], corrections / f"{case['source_sop_instance_uid']}.png")
+    run([sys.executable, "-m", "monai_app.edge", "--store", store, "import-corrections", corrections])
+    run([sys.executable, "-m", "monai_app.edge", "--store", store, "datalist", work / "edge_datalist.json"])
+    n_edge = len(json.loads((work / "edge_datalist.json").read_text())["training"])
+
+    # 3. the cloud fine-tunes from the deployed weights: with the edge samples, and a control without them
+    isic = {"training": absolute(split["training"][: args.isic_train], data256),
+            "validation": absolute(split["validation"][: args.validation], data256)}
+    (work / "isic_subset.json").write_text(json.dumps(isic))
+    arms = {}
+    for arm, extra in (("with edge samples", [str(work / "edge_datalist.json")]), ("ISIC only (control)", [])):
+        folder = work / ("finetune_edge" if extra else "finetune_control")
+        bundle("train.json", datalist_file=str(work / "isic_subset.json"), dataset_dir=str(data256), extra_datalists=extra,
+               pretrained_checkpoint=str(deployed_pt), learning_rate=args.learning_rate, epochs=args.epochs,
+               ckpt_dir=str(folder / "models"), output_dir=str(folder / "eval"), resume=False)
+        arms[arm] = folder / "models" / "model.pt"
+
+    # the next model version, exported and installed at the edge
+    metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    metadata["version"] = f"{metadata['version']}+edge1"
+    metadata["changelog"][metadata["version"]] = f"fine-tuned on {args.isic_train} ISIC images and {n_edge} edge samples"
+    (work / "metadata_next.json").write_text(json.dumps(metadata, indent=2))
+    run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", work / "next_model.ts",
+         "--ckpt_file", arms["with edge samples"], "--meta_file", work / "metadata_next.json",
+         "--config_file", BUNDLE / "configs" / "inference.json", "--bundle_root", BUNDLE])
+    run([sys.executable, "-m", "monai_app.edge", "--store", store, "install-model", work / "next_model.ts"])
+    status = json.loads(run([sys.executable, "-m", "monai_app.edge", "--store", store, "status"]).stdout)
+
+    # 4. scores
+    routing_eval = work / "eval_deployed_edge_in"
+    evaluate(deployed_pt, work / "edge_in.json", routing_eval)
+    jaccard = per_image_jaccard(routing_eval)
+    failures = [k for k, j in jaccard.items() if j < FAILURE_JACCARD]
+    reviewed = [k for k, r in route.items() if r == "review"]
+    caught = [k for k in failures if route.get(k) == "review"]
+    scores = {"deployed model": evaluate(deployed_pt, work / "edge_test.json", work / "eval_deployed")}
+    for arm, checkpoint in arms.items():
+        scores[f"fine-tuned, {arm}"] = evaluate(checkpoint, work / "edge_test.json", work / f"eval_{checkpoint.parent.parent.name}")
+
+    print(f"\nEdge loop: {len(cases)} edge photos (512-px copy, test split), {len(edge_test)} disjoint edge-test photos,"
+          f" fine-tuning {args.epochs} epoch(s) at lr {args.learning_rate} on {args.isic_train} ISIC images\n")
+    print("| routing on the edge set | value |")
+    print("|---|---:|")
+    print(f"| sent to review | {len(reviewed)} of {len(route)} ({100 * len(reviewed) / max(len(route), 1):.0f}%) |")
+    print(f"| failures (Jaccard < {FAILURE_JACCARD}) | {len(failures)} |")
+    print(f"| failures caught by review | {len(caught)} of {len(failures)} ({100 * len(caught) / max(len(failures), 1):.0f}%) |")
+    print(f"| corrections imported | {status['corrected']} |")
+    print(f"| accepted samples | {status['accepted']} |")
+    print(f"| model version installed at the edge | {status['model_version']} |")
+    print(f"\n| model, scored on the edge-test set | mean Jaccard | thresholded Jaccard | Dice | accuracy |")
+    print("|---|---:|---:|---:|---:|")
+    for name, m in scores.items():
+        print(f"| {name} | {m['mean_jaccard']:.4f} | {m['mean_thresholded_jaccard']:.4f} | {m['mean_dice']:.4f} | {m['mean_accuracy']:.4f} |")
+    print(f"\n{time.perf_counter() - start:.0f} s in all; work folder {work}")
+
+
+if __name__ == "__main__":
+    main()
