@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import stat
 import struct
@@ -225,8 +226,8 @@ def _complete_source(ds: Dataset) -> Dataset:
 
     Text in whatever character set the file declares (ISO 2022 Japanese, one no one knows, none while holding
     UTF-8 bytes) is decoded and the source re-declared as UTF-8: highdicom refuses many declared sets.  Malformed
-    type-2 values some devices write (a birth date ``1970-01-01``, a sex ``unknown``) become empty (unknown) rather
-    than failing the case.
+    type-2 values some devices write (a birth date ``1970-01-01``, a sex ``unknown``) become empty (unknown) and an
+    unusable PixelSpacing is dropped, rather than failing the case.
     """
     ds.decode()
     ds.SpecificCharacterSet = "ISO_IR 192"
@@ -241,6 +242,14 @@ def _complete_source(ds: Dataset) -> Dataset:
             setattr(ds, keyword, "")
     if str(ds.PatientSex).upper() not in ("M", "F", "O", ""):
         ds.PatientSex = ""
+    if "PixelSpacing" in ds:  # highdicom copies it into the SEG: one value, or a negative one, fails the case
+        try:
+            row, column = (float(v) for v in ds.PixelSpacing)
+            usable = all(math.isfinite(v) and v > 0 for v in (row, column))
+        except (TypeError, ValueError):
+            usable = False
+        if not usable:
+            del ds.PixelSpacing  # a calibration no one can use: the lesion area is then given in pixels
     if "Modality" not in ds or not ds.Modality:
         ds.Modality = {DERMOSCOPIC_PHOTOGRAPHY: "DMS", VL_PHOTOGRAPHIC: "XC"}.get(str(ds.SOPClassUID), "OT")
     return ds

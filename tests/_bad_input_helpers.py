@@ -341,6 +341,12 @@ def build_bad_inputs(folder: Optional[Path]) -> List[Expect]:  # noqa: C901 (a l
     ds = photo_dataset(rgb)
     ds.PatientSex, ds.PatientBirthDate, ds.StudyDate, ds.StudyTime = "unknown", "1970-01-01", "15.03.2024", "10:15"
     dcm("odd_type2_values.dcm", ds, "ok", shape=rgb.shape[:2])
+    ds = photo_dataset(rgb)
+    ds.PixelSpacing = [0.02]  # one value where two belong
+    dcm("pixel_spacing_one_value.dcm", ds, "ok", shape=rgb.shape[:2])
+    ds = photo_dataset(rgb)
+    ds.PixelSpacing = [-0.02, 0]
+    dcm("pixel_spacing_negative.dcm", ds, "ok", shape=rgb.shape[:2])
     ds = photo_dataset(rgb, patient={"PatientName": SECRET_NAME_NO_CARET, "PatientID": SECRET_ID})
     ds.PatientBirthDate = SECRET_BIRTH_DATE
     dcm("secret_odd_values.dcm", ds, "ok", shape=rgb.shape[:2], patient_name=SECRET_NAME_NO_CARET)

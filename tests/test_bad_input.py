@@ -238,3 +238,35 @@ def test_pickled_model_is_refused_and_never_unpickled(tmp_path, zip_format):
     assert "not a TorchScript archive" in result.stderr and "model.pt" in result.stderr
     assert not marker.exists()  # refused from the archive layout, never loaded
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+# --------------------------------------------------------------------------------------------- writers
+
+
+def test_case_failing_while_written_leaves_nothing(tmp_path):
+    """A plain photo's wrapper (source.dcm) is written before its SEG: when the SEG then fails, the wrapper goes
+    too, and so does the case folder; the next case in the batch is written as usual."""
+    from _app_helpers import isic_rgb, run_operator_alone
+    from operators import LesionSegWriterOperator, ModelInfo
+    from operators.loader import load_file
+
+    cases = []
+    for name, seed_image in (("broken.png", "ISIC_0000000"), ("fine.png", "ISIC_0000001")):
+        rgb = isic_rgb(seed_image, 40)
+        PIL.Image.fromarray(rgb).save(tmp_path / name)
+        case = load_file(tmp_path / name, name)
+        assert case.ok, case.error
+        case.mask = np.zeros(rgb.shape[:2], np.uint8)
+        case.probability = np.zeros(rgb.shape[:2], np.float32)
+        case.model = ModelInfo("dermseg_tiny_test", "0.0.1-test")
+        cases.append(case)
+    cases[0].mask = np.zeros((5, 7), np.uint8)  # a mask that does not fit its image: no SEG can be built
+    out = tmp_path / "out"
+    out.mkdir()
+    (batch,) = run_operator_alone(lambda app: LesionSegWriterOperator(app, output_folder=out, name="w"), cases)
+    broken, fine = batch
+    assert broken.status == "error" and broken.error.startswith("broken.png: writing the DICOM-SEG failed")
+    assert broken.outputs == {}
+    assert fine.ok and set(fine.outputs) == {"source", "seg", "seg_probability"}
+    assert [p.name for p in out.iterdir()] == [fine.sop_instance_uid]  # no folder, no source.dcm for the broken one
+    assert partial_files(out) == []
