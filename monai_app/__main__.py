@@ -25,7 +25,7 @@ from operators.model import resolve_model_file
 from .app import SkinLesionSegApp
 from .edge import EdgeStore
 from .pacs import SendOptions, parse_targets, send_outputs
-from .settings import DEFAULT_MODEL_PATH, AppSettings
+from .settings import DEFAULT_MODEL_PATH, AppSettings, apply_app_config_defaults
 
 
 def _default_model(settings: AppSettings) -> Path:
@@ -41,6 +41,7 @@ def _default_model(settings: AppSettings) -> Path:
 
 def _preflight(argv) -> AppSettings:
     """Check what the run needs before starting the graph, with a message a person can act on."""
+    apply_app_config_defaults()  # app.yaml's dermseg: section inside a MAP; the environment overrides it
     settings = AppSettings.from_env()
     if settings.send_to:
         parse_targets(settings.send_to)  # a typo in DERMSEG_SEND_TO stops the run before any inference

@@ -8,12 +8,44 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
+import yaml
+
 from operators.confidence import THRESHOLD_ENV, threshold_from_env
 
-__all__ = ["AppSettings", "DEFAULT_MODEL_PATH"]
+__all__ = ["AppSettings", "DEFAULT_MODEL_PATH", "APP_CONFIG_SECTION", "apply_app_config_defaults"]
+
+# The section of app.yaml holding the app's own settings, by their environment variable names.
+APP_CONFIG_SECTION = "dermseg"
 
 # Where the training bundle exports its model (`make export` there); a MAP sets HOLOSCAN_MODEL_PATH instead.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "training_bundle" / "models" / "model.ts"
+
+
+def apply_app_config_defaults(environ=None) -> dict:
+    """Use the ``dermseg:`` section of the app's configuration file as defaults for the environment.
+
+    Inside a MAP the packager copies app.yaml into the package and points ``HOLOSCAN_CONFIG_PATH`` at it, so a
+    site can set ``DERMSEG_SEND_TO`` and the other ``DERMSEG_*`` settings there; a variable set in the
+    container's environment still wins.  Called once, before anything reads a setting, so every reader (these
+    settings, the PACS sender's options) sees the same values.  Returns the defaults it applied.
+    """
+    environ = os.environ if environ is None else environ
+    path = environ.get("HOLOSCAN_CONFIG_PATH")
+    if not path or not Path(path).is_file():
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"HOLOSCAN_CONFIG_PATH={path}: cannot read the app configuration: {exc}") from None
+    section = config.get(APP_CONFIG_SECTION) if isinstance(config, dict) else None
+    if section is None:
+        return {}
+    if not isinstance(section, dict) or not all(str(k).startswith("DERMSEG_") for k in section):
+        raise ValueError(f"{path}: '{APP_CONFIG_SECTION}' must map DERMSEG_* variable names to values")
+    applied = {str(k): "" if v is None else str(v) for k, v in section.items() if str(k) not in environ}
+    environ.update(applied)
+    return applied
 
 
 @dataclass(frozen=True)

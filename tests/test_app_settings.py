@@ -1,0 +1,53 @@
+"""The app's settings: environment variables, with app.yaml's `dermseg:` section as defaults inside a MAP."""
+
+import pytest
+import yaml
+
+from monai_app.settings import APP_CONFIG_SECTION, AppSettings, apply_app_config_defaults
+
+from _app_helpers import REPO, SAMPLES, make_tiny_model, read_results, run_app
+
+
+def write_config(path, section):
+    path.write_text(yaml.safe_dump({"application": {"title": "t", "version": "1"}, "resources": {}, APP_CONFIG_SECTION: section}))
+    return path
+
+
+def test_config_section_gives_defaults_and_the_environment_wins(tmp_path):
+    config = write_config(tmp_path / "app.yaml", {"DERMSEG_SEND_TO": "dicom://PACS@pacs:104", "DERMSEG_CONFIDENCE_THRESHOLD": 0.5})
+    environ = {"HOLOSCAN_CONFIG_PATH": str(config), "DERMSEG_CONFIDENCE_THRESHOLD": "0.7"}
+    applied = apply_app_config_defaults(environ)
+    assert applied == {"DERMSEG_SEND_TO": "dicom://PACS@pacs:104"}
+    settings = AppSettings.from_env(environ)
+    assert settings.send_to == "dicom://PACS@pacs:104" and settings.confidence_threshold == 0.7
+
+
+def test_no_config_or_no_section_changes_nothing(tmp_path):
+    assert apply_app_config_defaults({}) == {}
+    environ = {"HOLOSCAN_CONFIG_PATH": str(tmp_path / "missing.yaml")}
+    assert apply_app_config_defaults(environ) == {} and list(environ) == ["HOLOSCAN_CONFIG_PATH"]
+
+
+@pytest.mark.parametrize("section", [["DERMSEG_SEND_TO"], {"SEND_TO": "x"}])
+def test_a_malformed_section_is_a_clear_error(tmp_path, section):
+    config = write_config(tmp_path / "app.yaml", section)
+    with pytest.raises(ValueError, match="DERMSEG_"):
+        apply_app_config_defaults({"HOLOSCAN_CONFIG_PATH": str(config)})
+
+
+def test_shipped_app_yaml_section_is_valid_and_sends_nowhere_by_default():
+    environ = {"HOLOSCAN_CONFIG_PATH": str(REPO / "app.yaml")}
+    applied = apply_app_config_defaults(environ)
+    assert "DERMSEG_SEND_TO" in applied
+    assert AppSettings.from_env(environ).send_to is None
+
+
+def test_the_app_reads_its_settings_from_the_config_file(tmp_path):
+    config = write_config(tmp_path / "app.yaml", {"DERMSEG_CONFIDENCE_THRESHOLD": 1.0})
+    model = make_tiny_model(tmp_path / "tiny.ts")
+    result = run_app(SAMPLES / "input", tmp_path / "out", model, {"HOLOSCAN_CONFIG_PATH": str(config)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = read_results(tmp_path / "out")
+    ok = [c for c in results["cases"] if c["status"] == "ok"]
+    assert ok and all(c["route"] == "review" for c in ok)
+    assert results["settings"]["DERMSEG_CONFIDENCE_THRESHOLD"] == 1.0
