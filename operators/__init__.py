@@ -11,6 +11,7 @@
 """
 
 from .case import Case, CaseStatus, ModelInfo
+from .case_step import CaseStepOperator
 from .confidence_operator import ConfidenceRoutingOperator
 from .loader import SkinPhotoLoaderOperator
 from .segmentation import LesionSegmentationOperator
@@ -25,6 +26,7 @@ __all__ = [
     "Case",
     "CaseStatus",
     "ModelInfo",
+    "CaseStepOperator",
     "SkinPhotoLoaderOperator",
     "LesionSegmentationOperator",
     "ConfidenceRoutingOperator",

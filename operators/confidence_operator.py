@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-import logging
-from typing import List
-
-from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.core import Fragment
 
 from .case import Case
+from .case_step import CaseStepOperator
 from .confidence import DEFAULT_THRESHOLD, case_confidence, route_for
 
 __all__ = ["ConfidenceRoutingOperator"]
 
 
-class ConfidenceRoutingOperator(Operator):
+class ConfidenceRoutingOperator(CaseStepOperator):
     """Scores each segmentation with :func:`operators.confidence.case_confidence` and routes it.
 
     Named input:
@@ -24,25 +22,14 @@ class ConfidenceRoutingOperator(Operator):
         (``accepted`` at or above ``threshold``, ``review`` below: a person checks and corrects it).
     """
 
+    stage = "confidence"
+
     def __init__(self, fragment: Fragment, *args, threshold: float = DEFAULT_THRESHOLD, **kwargs):
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"confidence threshold {threshold} must be between 0 and 1")
         self.threshold = float(threshold)
-        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         super().__init__(fragment, *args, **kwargs)
 
-    def setup(self, spec: OperatorSpec):
-        spec.input("cases")
-        spec.output("cases")
-
-    def compute(self, op_input, op_output, context):
-        cases: List[Case] = op_input.receive("cases")
-        for case in cases:
-            if not case.ok:
-                continue
-            try:
-                case.confidence = case_confidence(case.probability, case.flip_agreement)
-                case.route = route_for(case.confidence, self.threshold)
-            except Exception as exc:
-                case.fail("confidence", exc)
-        op_output.emit(cases, "cases")
+    def process(self, case: Case) -> None:
+        case.confidence = case_confidence(case.probability, case.flip_agreement)
+        case.route = route_for(case.confidence, self.threshold)

@@ -19,6 +19,7 @@ import PIL.Image
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from .case import Case, atomic_write_bytes, atomic_write_with, case_output_dir, is_valid_uid
+from .case_step import CaseStepOperator
 from .dicom_outputs import (
     build_binary_seg,
     build_fractional_seg,
@@ -54,33 +55,19 @@ def write_dicom(dataset, path: Path) -> None:
     atomic_write_with(path, lambda tmp: dataset.save_as(tmp, enforce_file_format=True))
 
 
-class _CaseWriter(Operator):
-    """Shared shape of the writers: cases in, cases out, one case's failure stays that case's error."""
+class _CaseWriter(CaseStepOperator):
+    """Shared shape of the writers: each case's outputs go to ``OUT/<source UID>/``; a failed case leaves none."""
 
     stage = "writing"
 
     def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs):
         self.output_folder = Path(output_folder)
-        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         super().__init__(fragment, *args, **kwargs)
 
-    def setup(self, spec: OperatorSpec):
-        spec.input("cases")
-        spec.output("cases")
+    def process(self, case: Case) -> None:
+        self.write_case(case, case_output_dir(self.output_folder, case))
 
-    def compute(self, op_input, op_output, context):
-        cases: List[Case] = op_input.receive("cases")
-        for case in cases:
-            if not case.ok:
-                continue
-            try:
-                self.write_case(case, case_output_dir(self.output_folder, case))
-            except Exception as exc:
-                case.fail(self.stage, exc)
-                self._remove_outputs(case)
-        op_output.emit(cases, "cases")
-
-    def _remove_outputs(self, case: Case) -> None:
+    def discard(self, case: Case) -> None:
         """A failed case leaves nothing behind: no half set of outputs a reader or a PACS could take for a result."""
         for relative in case.outputs.values():
             (self.output_folder / relative).unlink(missing_ok=True)

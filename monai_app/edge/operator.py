@@ -3,20 +3,19 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import List
 
-from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.core import Fragment
 
 from operators.case import Case
+from operators.case_step import CaseStepOperator
 
 from .store import EdgeStore
 
 __all__ = ["EdgeStoreOperator"]
 
 
-class EdgeStoreOperator(Operator):
+class EdgeStoreOperator(CaseStepOperator):
     """Records each written case in the edge store: ``accepted`` ones as training samples, ``review`` ones in
     the review queue with their proposed SEG and overlay (SPEC 2).
 
@@ -28,17 +27,15 @@ class EdgeStoreOperator(Operator):
     Named output: cases, unchanged but for cases the store refused.
     """
 
+    stage = "edge store"
+
     def __init__(self, fragment: Fragment, *args, store_path: Path, input_path: Path, output_folder: Path, **kwargs):
         self.store_path = Path(store_path)
         self.input_path = Path(input_path)
         self.output_folder = Path(output_folder)
         self._store: EdgeStore | None = None
-        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self._added = 0
         super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec):
-        spec.input("cases")
-        spec.output("cases")
 
     def start(self):
         self._store = EdgeStore(self.store_path)
@@ -55,32 +52,27 @@ class EdgeStoreOperator(Operator):
         return self.input_path / case.source_file if self.input_path.is_dir() else self.input_path
 
     def compute(self, op_input, op_output, context):
-        cases: List[Case] = op_input.receive("cases")
-        added = 0
-        for case in cases:
-            if not case.ok:
-                continue
-            try:
-                record = self._store.record_case(
-                    sop_instance_uid=case.sop_instance_uid,
-                    study_instance_uid=str(case.source.StudyInstanceUID),
-                    series_instance_uid=str(case.source.SeriesInstanceUID),
-                    source_path=self._source_path(case),
-                    image=case.rgb,
-                    mask=case.mask,
-                    confidence=case.confidence,
-                    route=case.route,
-                    model_version=case.model.version,
-                    seg_path=self._output(case, "seg"),
-                    sr_path=self._output(case, "sr"),
-                    overlay_path=self._output(case, "overlay_png"),
-                )
-                added += record.added
-            except Exception as exc:
-                case.fail("edge store", exc)
-        if added:
-            self._logger.info("edge store: %d new case(s)", added)
-        op_output.emit(cases, "cases")
+        self._added = 0
+        super().compute(op_input, op_output, context)
+        if self._added:
+            self._logger.info("edge store: %d new case(s)", self._added)
+
+    def process(self, case: Case) -> None:
+        record = self._store.record_case(
+            sop_instance_uid=case.sop_instance_uid,
+            study_instance_uid=str(case.source.StudyInstanceUID),
+            series_instance_uid=str(case.source.SeriesInstanceUID),
+            source_path=self._source_path(case),
+            image=case.rgb,
+            mask=case.mask,
+            confidence=case.confidence,
+            route=case.route,
+            model_version=case.model.version,
+            seg_path=self._output(case, "seg"),
+            sr_path=self._output(case, "sr"),
+            overlay_path=self._output(case, "overlay_png"),
+        )
+        self._added += record.added
 
     def _output(self, case: Case, kind: str):
         relative = case.outputs.get(kind)
