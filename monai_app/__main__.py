@@ -55,9 +55,9 @@ def _preflight(argv) -> AppSettings:
     if not input_path.exists():
         raise FileNotFoundError(f"input {input_path} does not exist")
     try:
-        resolve_model_file(args.model or env.model)  # only a TorchScript archive is ever loaded
+        resolve_model_file(args.model or env.model)  # only TorchScript or ONNX is ever loaded, never a pickle
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{exc}; pass -m MODEL (a TorchScript file exported by training_bundle)") from None
+        raise FileNotFoundError(f"{exc}; pass -m MODEL (model.onnx or model.ts exported by training_bundle, or their folder)") from None
     output_folder.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.NamedTemporaryFile(dir=output_folder, prefix=".write-test-"):

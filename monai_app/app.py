@@ -24,6 +24,8 @@ from .settings import AppSettings
 
 __all__ = ["SkinLesionSegApp"]
 
+PIPELINE_CHUNK = 8  # cases the loader emits at a time: bounds memory (full-size photos and probability maps)
+
 
 class SkinLesionSegApp(Application):
     """Segments the skin lesion in every dermoscopy image or photo under the input folder.
@@ -62,8 +64,10 @@ class SkinLesionSegApp(Application):
 
         # The loader is the source: it stops itself after the last file (a CountCondition cannot know how many
         # chunks a folder makes), and every operator after it runs once per chunk of cases.
+        # Chunks of at least 8 cases keep the per-chunk cost of the graph small; the model's batch is separate.
         load_photos = SkinPhotoLoaderOperator(
-            self, input_path=input_path, chunk_size=settings.batch_size, exclude=output_folder, name="load_photos"
+            self, input_path=input_path, chunk_size=max(PIPELINE_CHUNK, settings.batch_size), exclude=output_folder,
+            name="load_photos",
         )
         segment_lesions = LesionSegmentationOperator(
             self, model_path=model_path, batch_size=settings.batch_size, flip_tta=settings.flip_tta,

@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from operators.model import resolve_model_file
+
 from .settings import DEFAULT_MODEL_PATH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +39,10 @@ def _untrained_model(folder: Path) -> Path:
 def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model = DEFAULT_MODEL_PATH
-        if not model.is_file():
-            print(f"No trained model at {model}: the demo uses an UNTRAINED model (its masks mean nothing).")
+        try:
+            resolve_model_file(model)
+        except (FileNotFoundError, ValueError):
+            print(f"No trained model in {model}: the demo uses an UNTRAINED model (its masks mean nothing).")
             model = _untrained_model(Path(scratch))
         command = [sys.executable, "-m", "monai_app", "-i", str(SAMPLES), "-o", str(OUTPUT), "-m", str(model)]
         status = subprocess.call(command, cwd=REPO, env=dict(os.environ))

@@ -17,8 +17,9 @@ __all__ = ["AppSettings", "DEFAULT_MODEL_PATH", "APP_CONFIG_SECTION", "apply_app
 # The section of app.yaml holding the app's own settings, by their environment variable names.
 APP_CONFIG_SECTION = "dermseg"
 
-# Where the training bundle exports its model (`make export` there); a MAP sets HOLOSCAN_MODEL_PATH instead.
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "training_bundle" / "models" / "model.ts"
+# Where the training bundle exports its model, model.onnx and model.ts (the app picks one by device, see
+# operators.model.resolve_model_file); a MAP sets HOLOSCAN_MODEL_PATH instead.
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "training_bundle" / "models"
 
 
 def apply_app_config_defaults(environ=None) -> dict:
@@ -61,7 +62,8 @@ class AppSettings:
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "AppSettings":
         """Read and check the settings; a bad value is a ValueError naming the variable."""
         environ = os.environ if environ is None else environ
-        batch_raw = environ.get("DERMSEG_BATCH_SIZE", "8").strip() or "8"
+        # one case per model call by default: on the CPU batching is slower per image (benchmarks/app_throughput.py)
+        batch_raw = environ.get("DERMSEG_BATCH_SIZE", "1").strip() or "1"
         if not batch_raw.isdigit() or not 1 <= int(batch_raw) <= 256:
             raise ValueError(f"DERMSEG_BATCH_SIZE={batch_raw!r} must be a whole number from 1 to 256")
         probability = _flag(environ, "DERMSEG_PROBABILITY_SEG", True)

@@ -207,12 +207,15 @@ def _reference_segment_not_frame(dataset: Dataset) -> None:
 def overlay_rgb(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> np.ndarray:
     """The photo with the lesion tinted red and its outline drawn in yellow, for people and for PACS viewers."""
     mask = np.asarray(mask) > 0
-    out = np.asarray(rgb, dtype=np.float32).copy()
-    out[mask] = (1.0 - alpha) * out[mask] + alpha * np.array([255.0, 0.0, 0.0])
+    out = np.array(rgb, dtype=np.uint8, copy=True)
+    # arithmetic on the lesion's pixels only: a float copy of the whole photo cost more than the rest together
+    tinted = out[mask].astype(np.float32) * (1.0 - alpha)
+    tinted[:, 0] += alpha * 255.0
+    out[mask] = np.clip(tinted + 0.5, 0, 255).astype(np.uint8)
     thickness = max(1, min(mask.shape) // 200)  # visible at any photo size
     outline = mask & ~ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
-    out[outline] = (255.0, 255.0, 0.0)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out[outline] = (255, 255, 0)
+    return out
 
 
 def build_overlay_sc(source: Dataset, overlay: np.ndarray, model: ModelInfo) -> hd.sc.SCImage:

@@ -1,5 +1,5 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
-"""Segmentation operator: the shared preprocessing, the TorchScript model, the probability map, the mask."""
+"""Segmentation operator: the shared preprocessing, the exported model, the probability map, the mask."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from networks.preprocessing import logits_to_probability, probability_to_mask, r
 
 from .case import Case
 from .confidence import flip_agreement
-from .model import load_torchscript_model
+from .model import OnnxRuntimeModel, load_model
 
 __all__ = ["LesionSegmentationOperator", "segment_cases"]
 
 
-def segment_cases(cases: List[Case], model, model_info, device, batch_size: int = 8, flip_tta: bool = False) -> None:
+def segment_cases(cases: List[Case], model, model_info, device, batch_size: int = 1, flip_tta: bool = False) -> None:
     """Fill ``probability`` and ``mask`` of every ``ok`` case, several cases per model call.
 
     With ``flip_tta`` the horizontally mirrored image is segmented too (in the same model call) and
@@ -71,7 +71,7 @@ def _run(batch, model, model_info, device, flip_tta: bool = False) -> None:
 
 
 class LesionSegmentationOperator(Operator):
-    """Segments the skin lesion in each case with the TorchScript model, loaded once.
+    """Segments the skin lesion in each case with the exported model (ONNX Runtime or TorchScript), loaded once.
 
     Named input:
         cases: list of Case with ``rgb`` (H, W, 3) uint8.
@@ -86,7 +86,7 @@ class LesionSegmentationOperator(Operator):
         fragment: Fragment,
         *args,
         model_path: Path,
-        batch_size: int = 8,
+        batch_size: int = 1,
         flip_tta: bool = False,
         device: Optional[str] = None,
         **kwargs,
@@ -106,8 +106,9 @@ class LesionSegmentationOperator(Operator):
 
     def start(self):
         # Once per run, not per chunk: a model load costs more than a batch.
-        self._model, self.model_info = load_torchscript_model(self.model_path, self.device)
-        self._logger.info("model %s version %s on %s", self.model_info.name, self.model_info.version, self.device)
+        self._model, self.model_info = load_model(self.model_path, self.device)
+        runtime = "ONNX Runtime" if isinstance(self._model, OnnxRuntimeModel) else "TorchScript"
+        self._logger.info("model %s version %s, %s on %s", self.model_info.name, self.model_info.version, runtime, self.device)
 
     def compute(self, op_input, op_output, context):
         cases: List[Case] = op_input.receive("cases")

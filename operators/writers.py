@@ -51,6 +51,11 @@ OUTPUT_NAMES = {
 RESULTS_FILE = "results.json"
 
 
+def write_png(rgb, path) -> None:
+    """A lossless PNG at zlib's fastest level: a quarter of the default level's time for files about 20% larger."""
+    PIL.Image.fromarray(rgb).save(path, format="PNG", compress_level=1)
+
+
 def write_dicom(dataset, path: Path) -> None:
     atomic_write_with(path, lambda tmp: dataset.save_as(tmp, enforce_file_format=True))
 
@@ -149,7 +154,7 @@ class OverlayWriterOperator(_CaseWriter):
     def write_case(self, case: Case, folder: Path) -> None:
         overlay = overlay_rgb(case.rgb, case.mask)
         path = folder / OUTPUT_NAMES["overlay_png"]
-        atomic_write_with(path, lambda tmp: PIL.Image.fromarray(overlay).save(tmp, format="PNG"))
+        atomic_write_with(path, lambda tmp: write_png(overlay, tmp))
         self._record(case, "overlay_png", path)
         path = folder / OUTPUT_NAMES["overlay_sc"]
         write_dicom(build_overlay_sc(case.source, overlay, case.model), path)

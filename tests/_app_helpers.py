@@ -65,6 +65,24 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
     return Path(path)
 
 
+def export_onnx_like_the_bundle(torchscript_path: Path, path: Path) -> Path:
+    """The TorchScript model as ONNX, its metadata.json in ``metadata_props``, as ``scripts/export_onnx.py`` does."""
+    import io
+
+    import onnx
+
+    extra = {"metadata.json": ""}
+    module = torch.jit.load(str(torchscript_path), _extra_files=extra).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(module, (torch.rand(1, 3, 256, 256),), buffer, input_names=["image"], output_names=["pred"],
+                      dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}}, opset_version=18, dynamo=False)
+    model = onnx.load_from_string(buffer.getvalue())
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "metadata.json", extra["metadata.json"]
+    onnx.save(model, str(path))
+    return Path(path)
+
+
 def isic_rgb(name: str = "ISIC_0000000", size: int | None = 96) -> np.ndarray:
     """A real dermoscopy image, small by default so tests stay fast.
 

@@ -36,7 +36,7 @@ from operators.dicom_outputs import (
     overlay_rgb,
 )
 from operators.loader import MAX_PIXELS, iter_input_files, load_file
-from operators.model import load_torchscript_model, resolve_model_file
+from operators.model import OnnxRuntimeModel, load_model, load_torchscript_model, resolve_model_file
 from operators.segmentation import segment_cases
 
 from _app_helpers import (
@@ -47,6 +47,7 @@ from _app_helpers import (
     VL_PHOTOGRAPHIC,
     dciodvfy_errors,
     isic_rgb,
+    export_onnx_like_the_bundle,
     make_tiny_model,
     photo_dataset,
     run_operator_alone,
@@ -208,6 +209,53 @@ def test_model_loads_as_torchscript_with_metadata(tiny_model_path, tmp_path):
             resolve_model_file(pickle)
     with pytest.raises(FileNotFoundError):
         resolve_model_file(tmp_path / "missing.ts")
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx_path(tiny_model_path):
+    return export_onnx_like_the_bundle(tiny_model_path, tiny_model_path.with_suffix(".onnx"))
+
+
+def test_a_model_folder_is_served_by_onnx_runtime_on_cpu_and_torchscript_on_gpu(tiny_model_path, tiny_onnx_path, tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "model.ts").write_bytes(tiny_model_path.read_bytes())
+    (folder / "model.onnx").write_bytes(tiny_onnx_path.read_bytes())
+    torch.save({"w": torch.zeros(1)}, folder / "model.pt")  # the bundle's state dict beside them: ignored
+    assert resolve_model_file(folder, "cpu") == folder / "model.onnx"
+    assert resolve_model_file(folder, "cuda") == folder / "model.ts"
+    model, info = load_model(folder)
+    assert isinstance(model, OnnxRuntimeModel) and info == MODEL_INFO  # name and version from metadata_props
+    (folder / "model.ts").unlink()
+    assert resolve_model_file(folder, "cuda") == folder / "model.onnx"  # the only model there
+    (folder / "other.onnx").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="at most one onnx model"):
+        resolve_model_file(folder)
+
+
+def test_a_broken_onnx_file_is_a_clear_error(tmp_path):
+    broken = tmp_path / "model.onnx"
+    broken.write_bytes(b"\x08\x07 not a protobuf model")
+    with pytest.raises(ValueError, match="model.onnx: not a loadable ONNX model"):
+        load_model(broken)
+
+
+def test_onnx_runtime_and_torchscript_give_the_same_segmentation(tiny_model_path, tiny_onnx_path):
+    """The app's CPU path (ONNX Runtime) against the reference export (TorchScript), on real images."""
+    onnx_model, onnx_info = load_model(tiny_onnx_path)
+    script_model, script_info = load_torchscript_model(tiny_model_path)
+    assert onnx_info == script_info
+    images = [isic_rgb(f"ISIC_000000{i}", None) for i in range(4)]
+    results = {}
+    for name, model in (("onnx", onnx_model), ("torchscript", script_model)):
+        cases = [Case(source_file=str(i), rgb=im) for i, im in enumerate(images)]
+        segment_cases(cases, model, onnx_info, torch.device("cpu"), batch_size=3)  # a full batch and a part one
+        results[name] = cases
+    for ours, reference in zip(results["onnx"], results["torchscript"]):
+        assert ours.ok and reference.ok
+        np.testing.assert_allclose(ours.probability, reference.probability, atol=1e-4)
+        differing = ours.mask != reference.mask
+        assert differing.mean() < 1e-4 and (np.abs(reference.probability[differing] - 0.5) < 1e-3).all()
 
 
 def test_segmentation_matches_the_model_called_directly(tiny_model_path):
