@@ -1,27 +1,27 @@
 """The app's speed on typical dermoscopy: per stage, end to end, and the inference runtimes side by side.
 
-    .venv/bin/python benchmarks/app_throughput.py [--model MODEL.ts] [--cases 100] [--app-cases 60]
+    .venv/bin/python benchmarks/app_throughput.py [--model MODEL] [--cases 100] [--app-cases 60]
 
 Inputs are Dermoscopic Photography DICOM files (JPEG baseline, 765 x 575, the typical ISIC dermoscopy size)
-made from the shipped sample photos.  Three tables:
+made from the shipped sample photos.  Four tables:
 
-1. per stage, in this process, over ``--cases`` cases with the app's own functions: decode, preprocess, model
-   call (batches of the app's default 8), postprocess (resize to the photo, sigmoid, mask), confidence, and the
-   writers (binary + fractional SEG, SR, overlay PNG + Secondary Capture);
-2. the whole app, ``python -m monai_app`` in a subprocess over ``--app-cases`` cases: wall time including
-   start-up, images/s, and the peak resident memory of the app process;
-3. the model call per image with eager PyTorch, TorchScript as exported, frozen TorchScript and ONNX Runtime
-   at batch 1 and 8, so the app's choice of runtime rests on a measurement.
+1. per stage, in this process, over ``--cases`` cases with the app's own functions and model runtime: decode,
+   preprocess, model call (``--batch`` cases per call, the app's default), postprocess (resize to the photo,
+   sigmoid, mask), confidence, and the writers (binary + fractional SEG, SR, overlay PNG + Secondary Capture);
+2. the whole app, ``python -m monai_app`` in a subprocess: its start-up alone (an empty input folder), then
+   ``--app-cases`` cases: wall time including start-up, images/s, and the peak resident memory of the app;
+3. the model call per image with TorchScript as exported, frozen TorchScript and ONNX Runtime at batch 1 and 8,
+   so the app's choice of runtime and batch rests on a measurement;
+4. how far the app's runtime's output is from TorchScript's, the reference export (logits and masks).
 
-Without ``--model`` the bundle's export ``training_bundle/models/model.ts`` is used; where there is none, a
-random RIBCUNet of the shipped width (same cost, meaningless masks) is exported in its place and the tables
-say so.
+Without ``--model`` the bundle's exports in ``training_bundle/models/`` are used (``model.onnx`` and
+``model.ts``, as the app picks them); where there are none, a random RIBCUNet of the shipped width (same cost,
+meaningless masks) is exported in their place and the tables say so.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -57,10 +57,13 @@ from operators.dicom_outputs import (  # noqa: E402
     overlay_rgb,
 )
 from operators.loader import dicom_to_rgb, load_file  # noqa: E402
-from operators.model import load_torchscript_model  # noqa: E402
+from operators.model import load_model, resolve_model_file  # noqa: E402
+from operators.writers import write_png  # noqa: E402
+from monai_app.settings import AppSettings  # noqa: E402
 
 TYPICAL_SIZE = (765, 575)  # width, height
-BATCH = 8
+BATCH = 8  # the batched rows of the runtime table
+APP_BATCH = AppSettings.from_env({}).batch_size  # the app's default cases per model call
 
 
 def sample_photos() -> List[np.ndarray]:
@@ -88,23 +91,35 @@ def make_inputs(folder: Path, count: int) -> List[Path]:
     return paths
 
 
-def model_path(requested: str | None, scratch: Path) -> tuple[Path, str]:
+def model_folder(requested: str | None, scratch: Path) -> tuple[Path, str]:
+    """The model (file or folder) to measure, and how the tables name it."""
     if requested:
-        return Path(requested), "given"
-    exported = REPO / "training_bundle" / "models" / "model.ts"
-    if exported.exists():
-        return exported, "training_bundle/models/model.ts"
+        return Path(requested), requested
+    exported = REPO / "training_bundle" / "models"
+    try:
+        resolve_model_file(exported)
+        return exported, "training_bundle/models (model.onnx on the CPU)"
+    except (FileNotFoundError, ValueError):
+        pass
     torch.manual_seed(0)
-    path = scratch / "random_shipped_width.ts"
-    scripted = torch.jit.script(RIBCUNet(channels=SHIPPED_WIDTH).eval())
-    torch.jit.save(scripted, str(path), _extra_files={"metadata.json": json.dumps({"name": "random", "version": "0"})})
-    return path, f"RANDOM weights, width {SHIPPED_WIDTH[0]} (no export found)"
+    folder = scratch / "random_model"
+    folder.mkdir()
+    network = RIBCUNet(channels=SHIPPED_WIDTH).eval()
+    metadata = json.dumps({"name": "random", "version": "0"})
+    torch.jit.save(torch.jit.script(network), str(folder / "model.ts"), _extra_files={"metadata.json": metadata})
+    export_onnx(torch.jit.load(str(folder / "model.ts")), folder / "model.onnx")
+    return folder, f"RANDOM weights, width {SHIPPED_WIDTH[0]} (no export found)"
 
 
-def stage_table(paths: List[Path], model, info: ModelInfo, out: Path) -> Dict[str, float]:
+def export_onnx(module, path: Path) -> None:
+    torch.onnx.export(module, (torch.rand(1, 3, 256, 256),), str(path), input_names=["image"], output_names=["pred"],
+                      dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}}, dynamo=False, opset_version=18)
+
+
+def stage_table(paths: List[Path], model, info: ModelInfo, out: Path, batch: int) -> Dict[str, float]:
     seconds: Dict[str, float] = {k: 0.0 for k in ("decode", "preprocess", "model", "postprocess", "confidence", "SEG (binary + fractional)", "SR", "overlay PNG + SC")}
-    for start in range(0, len(paths), BATCH):
-        chunk = paths[start : start + BATCH]
+    for start in range(0, len(paths), batch):
+        chunk = paths[start : start + batch]
         t = time.perf_counter()
         cases = [load_file(p, p.name) for p in chunk]
         seconds["decode"] += time.perf_counter() - t
@@ -135,7 +150,7 @@ def stage_table(paths: List[Path], model, info: ModelInfo, out: Path) -> Dict[st
             seconds["SR"] += time.perf_counter() - t
             t = time.perf_counter()
             overlay = overlay_rgb(case.rgb, case.mask)
-            PIL.Image.fromarray(overlay).save(out / f"{i}_overlay.png")
+            write_png(overlay, out / f"{i}_overlay.png")
             build_overlay_sc(case.source, overlay, info).save_as(out / f"{i}_sc.dcm")
             seconds["overlay PNG + SC"] += time.perf_counter() - t
     return seconds
@@ -167,79 +182,84 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def runtime_table(model_file: Path, repeats: int) -> List[tuple]:
-    exported = torch.jit.load(str(model_file)).eval()
-    frozen = torch.jit.freeze(torch.jit.load(str(model_file)).eval())
-    rows = []
+def runtime_table(model: Path, scratch: Path, repeats: int) -> tuple[List[tuple], Dict[str, float]]:
+    """Per-image model time by runtime and batch; and how far ONNX Runtime's output is from TorchScript's."""
+    script_file = resolve_model_file(model, "cuda")  # the TorchScript export where the folder has one
+    onnx_file = resolve_model_file(model, "cpu")
+    exported = torch.jit.load(str(script_file)).eval()
+    frozen = torch.jit.freeze(torch.jit.load(str(script_file)).eval())
+    if onnx_file.suffix != ".onnx":  # a TorchScript file alone: export it here to compare
+        onnx_file = scratch / "compare.onnx"
+        export_onnx(exported, onnx_file)
+    onnx_model, _ = load_model(onnx_file)
     runners: Dict[str, Callable[[torch.Tensor], object]] = {
-        "TorchScript as exported (the app)": lambda x: exported(x),
-        "TorchScript frozen": lambda x: frozen(x),
+        "ONNX Runtime (the app on a CPU)": onnx_model,
+        "TorchScript as exported (the app on a GPU)": exported,
+        "TorchScript frozen": frozen,
     }
-    try:
-        import onnxruntime as ort
-
-        buffer = io.BytesIO()
-        torch.onnx.export(exported, (torch.rand(1, 3, 256, 256),), buffer, input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False, opset_version=17)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-        runners["ONNX Runtime (CPU)"] = lambda x: session.run(None, {"image": x.numpy()})
-    except Exception as exc:  # the table says why the row is missing
-        print(f"ONNX Runtime row left out: {type(exc).__name__}: {exc}")
+    rows = []
     with torch.inference_mode():
         for batch in (1, BATCH):
             x = torch.rand(batch, 3, 256, 256)
             for name, run in runners.items():
                 rows.append((name, batch, 1e3 * median_seconds(lambda: run(x), repeats) / batch))
-    return rows
+        photos = torch.stack([rgb_to_model_input(photo) for photo in sample_photos()])
+        reference, ours = exported(photos), onnx_model(photos)
+    agreement = {"max_abs_logit": float((ours - reference).abs().max()),
+                 "mask_pixels_differing": float(((ours > 0) != (reference > 0)).float().mean())}
+    return rows, agreement
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="TorchScript model (default: the bundle's export)")
+    parser.add_argument("--model", help="model file or folder (default: the bundle's exports)")
     parser.add_argument("--cases", type=int, default=100, help="cases for the per-stage table")
     parser.add_argument("--app-cases", type=int, default=60, help="cases for the whole-app run")
+    parser.add_argument("--batch", type=int, default=APP_BATCH, help="cases per model call in the per-stage table")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
     with tempfile.TemporaryDirectory(prefix="dermseg-bench-") as scratch:
         scratch = Path(scratch)
-        model_file, model_label = model_path(args.model, scratch)
-        (scratch / "in").mkdir()
-        (scratch / "written").mkdir()
+        model, model_label = model_folder(args.model, scratch)
+        for name in ("in", "written", "app_in", "empty"):
+            (scratch / name).mkdir()
         paths = make_inputs(scratch / "in", max(args.cases, args.app_cases))
 
-        model, info = load_torchscript_model(model_file)
-        stages = stage_table(paths[: args.cases], model, info, scratch / "written")
-        app_in = scratch / "app_in"
-        app_in.mkdir()
+        loaded, info = load_model(model)
+        runtime = type(loaded).__name__
+        stages = stage_table(paths[: args.cases], loaded, info, scratch / "written", args.batch)
         for p in paths[: args.app_cases]:
-            os.link(p, app_in / p.name)
-        app = whole_app(app_in, model_file, scratch / "app_out")
-        runtimes = runtime_table(model_file, args.repeats)
+            os.link(p, scratch / "app_in" / p.name)
+        startup = whole_app(scratch / "empty", model, scratch / "empty_out")
+        app = whole_app(scratch / "app_in", model, scratch / "app_out")
+        runtimes, agreement = runtime_table(model, scratch, args.repeats)
 
     print(f"\nModel: {model_label}; {torch.get_num_threads()} threads; inputs: DMS JPEG {TYPICAL_SIZE[0]}x{TYPICAL_SIZE[1]}\n")
     total = sum(stages.values())
-    print(f"Per stage, {args.cases} cases in one process (model calls in batches of {BATCH})\n")
+    print(f"Per stage, {args.cases} cases in one process ({runtime}, {args.batch} case(s) per model call)\n")
     print("| stage | ms per image | share |")
     print("|---|---:|---:|")
     for name, s in stages.items():
         print(f"| {name} | {1e3 * s / args.cases:.1f} | {100 * s / total:.0f}% |")
     print(f"| **all stages** | **{1e3 * total / args.cases:.1f}** | {args.cases / total:.2f} images/s |")
 
-    print(f"\nThe whole app, `python -m monai_app`, {app['cases']} cases ({app['ok']} ok), start-up included\n")
-    print("| wall (s) | images/s | target | peak RSS (MiB) |")
-    print("|---:|---:|---:|---:|")
-    print(f"| {app['wall_s']:.1f} | {app['img_s']:.2f} | >= 2.00 | {app['peak_rss_mib']:.0f} |")
+    print(f"\nThe whole app, `python -m monai_app`, start-up included\n")
+    print("| run | cases (ok) | wall (s) | images/s | target | peak RSS (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| start-up alone (empty input) | 0 | {startup['wall_s']:.1f} | | | {startup['peak_rss_mib']:.0f} |")
+    print(f"| {app['cases']} cases | {app['cases']} ({app['ok']}) | {app['wall_s']:.1f} | {app['img_s']:.2f} | >= 2.00 | "
+          f"{app['peak_rss_mib']:.0f} |")
 
     print("\nModel call per image, 256x256 (median)\n")
     base = {b: ms for name, b, ms in runtimes if name.startswith("TorchScript as exported")}
-    print("| runtime | batch | ms per image | vs the app's |")
+    print("| runtime | batch | ms per image | vs TorchScript as exported |")
     print("|---|---:|---:|---:|")
     for name, batch, ms in runtimes:
         print(f"| {name} | {batch} | {ms:.0f} | {ms / base[batch]:.2f}x |")
+    print(f"\nONNX Runtime against TorchScript on the {len(sample_photos())} sample photos: largest logit difference "
+          f"{agreement['max_abs_logit']:.1e}, mask pixels differing {100 * agreement['mask_pixels_differing']:.4f}%")
 
 
 if __name__ == "__main__":

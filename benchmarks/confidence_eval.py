@@ -1,7 +1,7 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
 """Does the app's confidence find its failures?  AUROC, Spearman and a threshold table on the test split.
 
-    .venv/bin/python benchmarks/confidence_eval.py [--model training_bundle/models/model.ts]
+    .venv/bin/python benchmarks/confidence_eval.py [--model training_bundle/models]
         [--data ../shared/data/isic2018_task1_512] [--limit N] [--tta] [--json OUT.json]
 
 Each test image goes through the app's own code: ``operators.segmentation.segment_cases`` (the shared
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from networks.preprocessing import read_mask, read_rgb  # noqa: E402
 from operators.case import Case  # noqa: E402
 from operators.confidence import case_confidence  # noqa: E402
-from operators.model import load_torchscript_model  # noqa: E402
+from operators.model import load_model  # noqa: E402
 from operators.segmentation import segment_cases  # noqa: E402
 
 FAILURE_JACCARD = 0.65
@@ -81,7 +81,7 @@ def random_model(folder: Path) -> Path:
 
 
 def evaluate(model_path: Path, data: Path, datalist: Path, split: str, limit: int | None, tta: bool, batch_size: int):
-    model, info = load_torchscript_model(model_path)
+    model, info = load_model(model_path)  # as the app loads it: ONNX Runtime on the CPU where there is model.onnx
     items = json.loads(datalist.read_text())[split][: limit or None]
     records = []
     start = time.perf_counter()
@@ -138,7 +138,7 @@ def print_summary(summary: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=REPO / "training_bundle" / "models" / "model.ts")
+    parser.add_argument("--model", type=Path, default=REPO / "training_bundle" / "models", help="model file or folder")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "isic2018_task1_512")
     parser.add_argument("--datalist", type=Path, default=REPO / "training_bundle" / "configs" / "datalist.json")
     parser.add_argument("--split", default="testing")

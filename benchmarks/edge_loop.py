@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/edge_loop.py [--edge-cases 100] [--test-cases 100] [--isic-train 300]
         [--epochs 2] [--work runs/edge_loop]
 
-1. The deployed model (``training_bundle/models/model.pt`` and its export ``model.ts``) runs in the app with an
-   edge store over ``--edge-cases`` photos it never trained on: the first images of the bundle's test split, from
+1. The deployed model (``training_bundle/models/``: ``model.pt``, served from its exports as the app serves them)
+   runs in the app with an edge store over ``--edge-cases`` photos it never trained on: the first images of the bundle's test split, from
    the 512-px copy (a resolution the model never saw), given to the app as plain JPEG photos.
 2. The confidence routes them; "the institution" corrects every ``review`` case with its ground truth, returned
    as PNG corrections through ``python -m monai_app.edge import-corrections``.
@@ -99,7 +99,7 @@ def main() -> None:
     for entry in edge_in:
         os.symlink(entry["image"], photos / Path(entry["image"]).name)
     store = work / "store"
-    run([sys.executable, "-m", "monai_app", "-i", photos, "-o", work / "app_out", "-m", deployed_ts],
+    run([sys.executable, "-m", "monai_app", "-i", photos, "-o", work / "app_out", "-m", BUNDLE / "models"],
         env={"DERMSEG_EDGE_STORE": str(store)})
     cases = [c for c in json.loads((work / "app_out" / "results.json").read_text())["cases"] if c["status"] == "ok"]
     route = {Path(c["source_file"]).stem: c["route"] for c in cases}

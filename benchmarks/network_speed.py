@@ -5,12 +5,14 @@
 Every network is measured in the same run, with ``torch.get_num_threads()`` = the machine's cores, after a
 warm-up pass; the median of ``--repeats`` timed passes is reported.  Achieved GFLOP/s is set against this
 machine's own float32 matrix-multiply peak measured at the start of the run (the physical limit here), so the
-ratios mean the same on any machine.  Inference runs the TorchScript form, as the app and the exported model do.
+ratios mean the same on any machine.  Inference runs in both forms the app serves: ONNX Runtime (its CPU path)
+and frozen TorchScript (its GPU path's format), each network exported the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import time
@@ -45,6 +47,19 @@ def flops(net: torch.nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
+def onnx_session(net: torch.nn.Module, example: torch.Tensor):
+    """The network in ONNX Runtime, exported as the bundle's ``export_onnx.py`` exports the shipped model."""
+    import onnxruntime
+
+    buffer = io.BytesIO()
+    torch.onnx.export(net, (example,), buffer, input_names=["image"], output_names=["pred"],
+                      dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}}, opset_version=18, dynamo=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+
 def measure(name: str, build: Callable[[], torch.nn.Module], size: int, repeats: int) -> Dict[str, float]:
     torch.manual_seed(0)
     net = build().eval()
@@ -52,10 +67,14 @@ def measure(name: str, build: Callable[[], torch.nn.Module], size: int, repeats:
     x8 = torch.rand(8, 3, size, size)
     gflop1 = flops(net, x1) / 1e9
     scripted = torch.jit.freeze(torch.jit.script(net))
+    session = onnx_session(net, x1)
     row: Dict[str, float] = {"params_m": sum(p.numel() for p in net.parameters()) / 1e6, "gflop": gflop1}
     with torch.inference_mode():
         row["ms_b1"] = 1e3 * median_seconds(lambda: scripted(x1), repeats)
         row["ms_b8"] = 1e3 * median_seconds(lambda: scripted(x8), max(1, repeats // 2))
+    a1, a8 = x1.numpy(), x8.numpy()
+    row["ort_ms_b1"] = 1e3 * median_seconds(lambda: session.run(None, {"image": a1}), repeats)
+    row["ort_ms_b8"] = 1e3 * median_seconds(lambda: session.run(None, {"image": a8}), max(1, repeats // 2))
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     target = (torch.rand(8, 1, size, size) > 0.5).float()
@@ -67,9 +86,9 @@ def measure(name: str, build: Callable[[], torch.nn.Module], size: int, repeats:
         optimizer.step()
 
     row["s_train_b8"] = median_seconds(train_step, max(1, repeats // 2))
-    row["img_s_b8"] = 8e3 / row["ms_b8"]
-    row["gflops_b1"] = gflop1 / (row["ms_b1"] / 1e3)
-    row["gflops_b8"] = 8 * gflop1 / (row["ms_b8"] / 1e3)
+    for prefix in ("", "ort_"):
+        row[f"{prefix}gflops_b1"] = gflop1 / (row[f"{prefix}ms_b1"] / 1e3)
+        row[f"{prefix}gflops_b8"] = 8 * gflop1 / (row[f"{prefix}ms_b8"] / 1e3)
     print(f"  measured {name}", flush=True)
     return row
 
@@ -97,16 +116,24 @@ def main() -> None:
     rows = [(name, measure(name, build, args.size, args.repeats)) for name, build in nets]
     base = dict(rows)["MONAI BasicUNet"]
 
-    print(f"\nCPU, {args.size}x{args.size} RGB, TorchScript (frozen) inference, eager training step\n")
-    print("| network | params (M) | GFLOP/img | ms b1 | ms b1 vs BasicUNet | img/s b8 | train step b8 (s) "
-          "| GFLOP/s b1 | GFLOP/s b8 | b8 % of matmul peak |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\nCPU, {args.size}x{args.size} RGB; inference in ONNX Runtime (the app's CPU runtime) and frozen "
+          f"TorchScript; matmul peak {peak:.0f} GFLOP/s\n")
+    print("| network | params (M) | GFLOP/img | ORT ms b1 | ORT ms b1 vs BasicUNet | ORT img/s b8 | TorchScript ms b1 "
+          "| TorchScript img/s b8 | ORT GFLOP/s b1 | ORT GFLOP/s b1 vs BasicUNet | TorchScript GFLOP/s b1 "
+          "| ORT b8 % of matmul peak |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
         print(
-            f"| {name} | {r['params_m']:.2f} | {r['gflop']:.1f} | {r['ms_b1']:.0f} | {r['ms_b1'] / base['ms_b1']:.2f}x "
-            f"| {r['img_s_b8']:.2f} | {r['s_train_b8']:.2f} | {r['gflops_b1']:.0f} | {r['gflops_b8']:.0f} "
-            f"| {100 * r['gflops_b8'] / peak:.0f}% |"
+            f"| {name} | {r['params_m']:.2f} | {r['gflop']:.1f} | {r['ort_ms_b1']:.0f} "
+            f"| {r['ort_ms_b1'] / base['ort_ms_b1']:.2f}x | {8e3 / r['ort_ms_b8']:.2f} | {r['ms_b1']:.0f} "
+            f"| {8e3 / r['ms_b8']:.2f} | {r['ort_gflops_b1']:.0f} | {r['ort_gflops_b1'] / base['ort_gflops_b1']:.2f}x "
+            f"| {r['gflops_b1']:.0f} | {100 * r['ort_gflops_b8'] / peak:.0f}% |"
         )
+    print("\nOne training step, batch 8, eager PyTorch (Adam, BCE)\n")
+    print("| network | s per step | vs BasicUNet |")
+    print("|---|---:|---:|")
+    for name, r in rows:
+        print(f"| {name} | {r['s_train_b8']:.2f} | {r['s_train_b8'] / base['s_train_b8']:.2f}x |")
 
 
 if __name__ == "__main__":
