@@ -184,8 +184,8 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def runtime_table(model: Path, scratch: Path, repeats: int) -> tuple[List[tuple], Dict[str, float]]:
     """Per-image model time by runtime and batch; and how far ONNX Runtime's output is from TorchScript's."""
-    script_file = resolve_model_file(model, "cuda")  # the TorchScript export where the folder has one
-    onnx_file = resolve_model_file(model, "cpu")
+    script_file = resolve_model_file(model, kind="torchscript")
+    onnx_file = resolve_model_file(model)  # as the app picks it on the CPU
     exported = torch.jit.load(str(script_file)).eval()
     frozen = torch.jit.freeze(torch.jit.load(str(script_file)).eval())
     if onnx_file.suffix != ".onnx":  # a TorchScript file alone: export it here to compare

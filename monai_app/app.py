@@ -24,7 +24,9 @@ from .settings import AppSettings
 
 __all__ = ["SkinLesionSegApp"]
 
-PIPELINE_CHUNK = 8  # cases the loader emits at a time: bounds memory (full-size photos and probability maps)
+# Cases the loader emits at a time: enough to keep the graph's per-chunk cost small, few enough to bound the
+# memory that full-size photos and their probability maps take.
+PIPELINE_CHUNK = 8
 
 
 class SkinLesionSegApp(Application):
@@ -63,8 +65,8 @@ class SkinLesionSegApp(Application):
         settings = self.settings
 
         # The loader is the source: it stops itself after the last file (a CountCondition cannot know how many
-        # chunks a folder makes), and every operator after it runs once per chunk of cases.
-        # Chunks of at least 8 cases keep the per-chunk cost of the graph small; the model's batch is separate.
+        # chunks a folder makes), and every operator after it runs once per chunk of cases.  A chunk holds at
+        # least PIPELINE_CHUNK cases; the model's batch (cases per model call) is a separate setting.
         load_photos = SkinPhotoLoaderOperator(
             self, input_path=input_path, chunk_size=max(PIPELINE_CHUNK, settings.batch_size), exclude=output_folder,
             name="load_photos",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -25,19 +25,23 @@ TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".pth", ".zip")
 ONNX_SUFFIX = ".onnx"
 
 
-def resolve_model_file(path, device: torch.device | str = "cpu") -> Path:
+def resolve_model_file(path, device: torch.device | str = "cpu", kind: Optional[str] = None) -> Path:
     """The model file itself: ``path`` if a file, else the model file in that folder (a MAP's models/).
 
-    A folder may hold one TorchScript archive and one ONNX model of the same network; ONNX is chosen on the CPU
-    where ONNX Runtime is installed, TorchScript otherwise.  Files that are neither (state dicts, checkpoints)
-    are ignored.  Raises FileNotFoundError where there is no model or several of one kind, ValueError for a
-    file that is not a model.
+    A folder may hold one TorchScript archive and one ONNX model of the same network; unless ``kind``
+    (``"onnx"`` or ``"torchscript"``) asks for one, ONNX is chosen on the CPU where ONNX Runtime is installed and
+    TorchScript otherwise.  Files that are neither (state dicts, checkpoints) are ignored.  Raises
+    FileNotFoundError where there is no model (of that kind) or several of one kind, ValueError for a file that
+    is not a model.
     """
     path = Path(path)
     if path.is_file():
-        if path.suffix.lower() == ONNX_SUFFIX or _is_torchscript_archive(path):
-            return path
-        raise ValueError(f"{path} is neither a TorchScript archive nor an ONNX model (pickles are never loaded)")
+        found = "onnx" if path.suffix.lower() == ONNX_SUFFIX else "torchscript" if _is_torchscript_archive(path) else None
+        if found is None:
+            raise ValueError(f"{path} is neither a TorchScript archive nor an ONNX model (pickles are never loaded)")
+        if kind is not None and kind != found:
+            raise ValueError(f"{path} is a {found} model; a {kind} model is needed here")
+        return path
     if not path.is_dir():
         raise FileNotFoundError(f"no model at {path}")
     files = sorted(p for p in path.rglob("*") if p.is_file())
@@ -45,10 +49,14 @@ def resolve_model_file(path, device: torch.device | str = "cpu") -> Path:
         "onnx": [p for p in files if p.suffix.lower() == ONNX_SUFFIX],
         "torchscript": [p for p in files if p.suffix.lower() in TORCHSCRIPT_SUFFIXES and _is_torchscript_archive(p)],
     }
-    for kind, found in by_kind.items():
+    for model_kind, found in by_kind.items():
         if len(found) > 1:
             names = ", ".join(str(p.relative_to(path)) for p in found)
-            raise FileNotFoundError(f"expected at most one {kind} model under {path}, found {len(found)}: {names}")
+            raise FileNotFoundError(f"expected at most one {model_kind} model under {path}, found {len(found)}: {names}")
+    if kind is not None:
+        if not by_kind.get(kind):
+            raise FileNotFoundError(f"no {kind} model under {path}")
+        return by_kind[kind][0]
     if by_kind["onnx"] and (not by_kind["torchscript"] or _prefers_onnx(torch.device(device))):
         return by_kind["onnx"][0]
     if by_kind["torchscript"]:
@@ -131,10 +139,8 @@ def load_model(path, device: torch.device | str = "cpu") -> Tuple[Callable[[torc
 
 
 def load_torchscript_model(path, device: torch.device | str = "cpu") -> Tuple[torch.jit.ScriptModule, ModelInfo]:
-    """Load a TorchScript export: the module in eval mode, and who it is (name, version)."""
-    model_file = resolve_model_file(path, device)
-    if model_file.suffix.lower() == ONNX_SUFFIX:
-        raise ValueError(f"{model_file} is an ONNX model; a TorchScript archive is needed here")
+    """Load a TorchScript export (a file, or the one in a folder): the module in eval mode, and who it is."""
+    model_file = resolve_model_file(path, device, kind="torchscript")
     extra_files = {"metadata.json": ""}
     module = torch.jit.load(str(model_file), map_location=device, _extra_files=extra_files)
     module.eval()

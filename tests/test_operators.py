@@ -224,6 +224,10 @@ def test_a_model_folder_is_served_by_onnx_runtime_on_cpu_and_torchscript_on_gpu(
     torch.save({"w": torch.zeros(1)}, folder / "model.pt")  # the bundle's state dict beside them: ignored
     assert resolve_model_file(folder, "cpu") == folder / "model.onnx"
     assert resolve_model_file(folder, "cuda") == folder / "model.ts"
+    assert resolve_model_file(folder, kind="torchscript") == folder / "model.ts"
+    assert load_torchscript_model(folder)[1] == MODEL_INFO  # the TorchScript one, whatever the device
+    with pytest.raises(ValueError, match="a torchscript model is needed"):
+        load_torchscript_model(folder / "model.onnx")
     model, info = load_model(folder)
     assert isinstance(model, OnnxRuntimeModel) and info == MODEL_INFO  # name and version from metadata_props
     (folder / "model.ts").unlink()
