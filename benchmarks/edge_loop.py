@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "training_bundle"
 SHARED = REPO.parent / "shared" / "data"
 FAILURE_JACCARD = 0.65
+# the shipped model's loss (training_bundle/docs/README.md): fine-tuning keeps the recipe it was trained with
+SHIPPED_LOSS = {"loss#_target_": "DiceCELoss", "loss#sigmoid": "True"}
 
 
 def run(args: List[str], env: Dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -78,8 +80,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "edge_loop")
     args = parser.parse_args()
-    deployed_pt, deployed_ts = BUNDLE / "models" / "model.pt", BUNDLE / "models" / "model.ts"
-    for needed in (SHARED / "isic2018_task1_512", deployed_pt, deployed_ts):
+    deployed_pt = BUNDLE / "models" / "model.pt"
+    for needed in (SHARED / "isic2018_task1_512", deployed_pt, BUNDLE / "models" / "model.onnx"):
         if not needed.exists():
             raise SystemExit(f"edge_loop: {needed} is missing (needs ../shared/data and the bundle's trained, exported model)")
     start = time.perf_counter()
@@ -124,6 +126,7 @@ def main() -> None:
         folder = work / ("finetune_edge" if extra else "finetune_control")
         bundle("train.json", datalist_file=str(work / "isic_subset.json"), dataset_dir=str(data256), extra_datalists=extra,
                pretrained_checkpoint=str(deployed_pt), learning_rate=args.learning_rate, epochs=args.epochs,
+               **SHIPPED_LOSS,
                ckpt_dir=str(folder / "models"), output_dir=str(folder / "eval"), resume=False)
         arms[arm] = folder / "models" / "model.pt"
 
