@@ -2,7 +2,7 @@
 """Finding and loading the exported model, with its metadata: TorchScript or ONNX, never a pickle.
 
 The bundle exports the same weights twice: ``model.ts`` (TorchScript, ``ckpt_export``) and ``model.onnx``
-(``scripts/export_onnx.py``).  On the CPU, ONNX Runtime runs this network in about 0.6x of TorchScript's time
+(``scripts/export_onnx.py``).  On the CPU, ONNX Runtime runs this network in about 0.7x of TorchScript's time
 and needs no warm-up calls (``benchmarks/app_throughput.py`` measures both), so a folder holding both is served
 with ONNX Runtime on the CPU and with TorchScript on a GPU.  Either way the model is a callable from a float
 (N, 3, 256, 256) tensor to (N, 1, 256, 256) logits.
