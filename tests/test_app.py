@@ -25,6 +25,7 @@ from _app_helpers import (
     VL_PHOTOGRAPHIC,
     dciodvfy_errors,
     isic_rgb,
+    export_onnx_like_the_bundle,
     make_tiny_model,
     non_photo_dicom,
     photo_dataset,
@@ -203,6 +204,7 @@ def test_staged_map_folder_runs_as_the_map_runs_it(tmp_path, tiny_model_path):
     models = tmp_path / "models" / "dermseg"
     models.mkdir(parents=True)
     shutil.copy(tiny_model_path, models / "model.ts")
+    export_onnx_like_the_bundle(tiny_model_path, models / "model.onnx")  # both exports, as the bundle ships them
     inputs = tmp_path / "input"
     inputs.mkdir()
     shutil.copy(SAMPLE_INPUT / "study-1001" / "dermoscopy" / "IM0001.dcm", inputs / "IM0001.dcm")
@@ -213,5 +215,6 @@ def test_staged_map_folder_runs_as_the_map_runs_it(tmp_path, tiny_model_path):
         cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "ONNX Runtime on cpu" in result.stderr + result.stdout  # the CPU path serves model.onnx
     (case,) = read_results(tmp_path / "output")["cases"]
     assert case["status"] == "ok"
