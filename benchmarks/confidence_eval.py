@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from networks.preprocessing import read_mask, read_rgb  # noqa: E402
 from operators.case import Case  # noqa: E402
 from operators.confidence import case_confidence  # noqa: E402
-from operators.model import load_model  # noqa: E402
+from operators.model import load_model, resolve_model_file  # noqa: E402
 from operators.segmentation import segment_cases  # noqa: E402
 
 FAILURE_JACCARD = 0.65
@@ -68,6 +68,14 @@ def threshold_table(confidence: np.ndarray, jaccards: np.ndarray) -> list:
             "accepted_mean_jaccard": float(jaccards[~review].mean()) if (~review).any() else float("nan"),
         })
     return rows
+
+
+def _has_model(path: Path) -> bool:
+    try:
+        resolve_model_file(path)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
 
 
 def random_model(folder: Path) -> Path:
@@ -151,7 +159,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         model_path = args.model
-        if args.random_model or not model_path.is_file():
+        if args.random_model or not _has_model(model_path):
             print(f"NOTE: no trained model at {model_path} (or --random-model): a RANDOM model, numbers mean nothing;"
                   " only 16 images.")
             model_path = random_model(Path(scratch))

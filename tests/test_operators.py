@@ -26,7 +26,7 @@ from operators import (
     SkinPhotoLoaderOperator,
 )
 from operators.case import atomic_write_bytes, case_output_dir, is_valid_uid
-from operators.confidence import case_confidence, flip_agreement, lesion_confidence, route_for, threshold_from_env
+from operators.confidence import DEFAULT_THRESHOLD, case_confidence, flip_agreement, lesion_confidence, route_for, threshold_from_env
 from operators.dicom_outputs import (
     build_binary_seg,
     build_fractional_seg,
@@ -326,7 +326,7 @@ def test_confidence_means_something():
 
 
 def test_confidence_threshold_from_env():
-    assert threshold_from_env({}) == 0.3
+    assert threshold_from_env({}) == DEFAULT_THRESHOLD
     assert threshold_from_env({"DERMSEG_CONFIDENCE_THRESHOLD": "0.35"}) == 0.35
     for bad in ("1.5", "-0.1", "high"):
         with pytest.raises(ValueError, match="DERMSEG_CONFIDENCE_THRESHOLD"):
