@@ -235,7 +235,7 @@ def test_pickled_model_is_refused_and_never_unpickled(tmp_path, zip_format):
     (tmp_path / "in").mkdir()
     result = run_app_as_user(tmp_path / "in", tmp_path / "out", model)
     assert result.returncode == 2
-    assert "not a TorchScript archive" in result.stderr and "model.pt" in result.stderr
+    assert "neither a TorchScript archive nor an ONNX model" in result.stderr and "model.pt" in result.stderr
     assert not marker.exists()  # refused from the archive layout, never loaded
     assert not (tmp_path / "out" / "results.json").exists()
 
