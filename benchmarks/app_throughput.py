@@ -45,6 +45,7 @@ from make_samples import photo_dataset  # noqa: E402  (the sample builder: the s
 
 from network_size import SHIPPED_WIDTH  # noqa: E402
 from networks import RIBCUNet  # noqa: E402
+from networks.export import export_onnx  # noqa: E402
 from networks.preprocessing import logits_to_probability, probability_to_mask, rgb_to_model_input  # noqa: E402
 from operators.case import ModelInfo  # noqa: E402
 from operators.confidence import lesion_confidence  # noqa: E402
@@ -107,13 +108,8 @@ def model_folder(requested: str | None, scratch: Path) -> tuple[Path, str]:
     network = RIBCUNet(channels=SHIPPED_WIDTH).eval()
     metadata = json.dumps({"name": "random", "version": "0"})
     torch.jit.save(torch.jit.script(network), str(folder / "model.ts"), _extra_files={"metadata.json": metadata})
-    export_onnx(torch.jit.load(str(folder / "model.ts")), folder / "model.onnx")
+    export_onnx(torch.jit.load(str(folder / "model.ts")), folder / "model.onnx", metadata=json.loads(metadata))
     return folder, f"RANDOM weights, width {SHIPPED_WIDTH[0]} (no export found)"
-
-
-def export_onnx(module, path: Path) -> None:
-    torch.onnx.export(module, (torch.rand(1, 3, 256, 256),), str(path), input_names=["image"], output_names=["pred"],
-                      dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}}, dynamo=False, opset_version=18)
 
 
 def stage_table(paths: List[Path], model, info: ModelInfo, out: Path, batch: int) -> Dict[str, float]:

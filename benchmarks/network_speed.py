@@ -12,7 +12,6 @@ and frozen TorchScript (its GPU path's format), each network exported the same w
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import time
@@ -23,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from network_size import COMPACT_WIDTH, PAPER_WIDTH, SHIPPED_WIDTH, ribcunet
 from monai.networks.nets import AttentionUnet, BasicUNet, UNet
+from networks.export import export_onnx
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -51,13 +51,11 @@ def onnx_session(net: torch.nn.Module, example: torch.Tensor):
     """The network in ONNX Runtime, exported as the bundle's ``export_onnx.py`` exports the shipped model."""
     import onnxruntime
 
-    buffer = io.BytesIO()
-    torch.onnx.export(net, (example,), buffer, input_names=["image"], output_names=["pred"],
-                      dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}}, opset_version=18, dynamo=False)
+    serialized = export_onnx(net, example_shape=tuple(example.shape))
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
 
 
 def measure(name: str, build: Callable[[], torch.nn.Module], size: int, repeats: int) -> Dict[str, float]:

@@ -66,20 +66,12 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
 
 
 def export_onnx_like_the_bundle(torchscript_path: Path, path: Path) -> Path:
-    """The TorchScript model as ONNX, its metadata.json in ``metadata_props``, as ``scripts/export_onnx.py`` does."""
-    import io
-
-    import onnx
+    """The TorchScript model as ONNX, its metadata.json in ``metadata_props``, by the bundle's own export."""
+    from networks.export import export_onnx
 
     extra = {"metadata.json": ""}
     module = torch.jit.load(str(torchscript_path), _extra_files=extra).eval()
-    buffer = io.BytesIO()
-    torch.onnx.export(module, (torch.rand(1, 3, 256, 256),), buffer, input_names=["image"], output_names=["pred"],
-                      dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}}, opset_version=18, dynamo=False)
-    model = onnx.load_from_string(buffer.getvalue())
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "metadata.json", extra["metadata.json"]
-    onnx.save(model, str(path))
+    export_onnx(module, path, metadata=json.loads(extra["metadata.json"]))
     return Path(path)
 
 

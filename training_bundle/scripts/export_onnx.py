@@ -13,7 +13,6 @@ writes ``models/model.onnx``: input ``image`` (N, 3, 256, 256) float32 RGB in [0
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Sequence
@@ -23,6 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from networks.export import ONNX_INPUT, ONNX_OUTPUT  # noqa: E402
+from networks.export import export_onnx as export_network_onnx  # noqa: E402
 from scripts._config import load_config, parse_overrides  # noqa: E402
 
 __all__ = ["export_onnx"]
@@ -38,7 +39,6 @@ def export_onnx(
     atol: float = 1e-3,
 ) -> str:
     """Export and verify; returns the ONNX file's path.  Raises if ONNX Runtime disagrees with PyTorch."""
-    import onnx
     import onnxruntime
 
     parser = load_config(bundle_root, config_file, overrides)
@@ -53,28 +53,13 @@ def export_onnx(
     example = torch.rand(1, image["num_channels"], *[int(s) for s in image["spatial_shape"]])
 
     os.makedirs(os.path.dirname(os.path.abspath(filepath)), exist_ok=True)
-    torch.onnx.export(
-        net,
-        (example,),
-        filepath,
-        input_names=["image"],
-        output_names=["pred"],
-        dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}},
-        opset_version=opset,
-        dynamo=False,  # the TorchScript-based exporter handles the dynamic batch of this network reliably
-    )
-    model = onnx.load(filepath)
-    for key, value in (("name", meta.get("name", "")), ("version", meta["version"]), ("metadata.json", json.dumps(meta))):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    onnx.checker.check_model(model)
-    onnx.save(model, filepath)
+    export_network_onnx(net, filepath, metadata=meta, example_shape=tuple(example.shape), opset=opset)
 
     batch = torch.rand(2, *example.shape[1:])
     with torch.no_grad():
         expected = net(batch).numpy()
     session = onnxruntime.InferenceSession(filepath, providers=["CPUExecutionProvider"])
-    got = session.run(["pred"], {"image": batch.numpy()})[0]
+    got = session.run([ONNX_OUTPUT], {ONNX_INPUT: batch.numpy()})[0]
     err = float(np.abs(got - expected).max())
     if not np.allclose(got, expected, atol=atol, rtol=1e-3):
         raise RuntimeError(f"ONNX Runtime differs from PyTorch by up to {err:.3g}")
