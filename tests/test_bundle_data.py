@@ -147,13 +147,14 @@ def test_compare_trains_evaluates_and_prints_the_table(tmp_path):
     )
     table = (work / "table.md").read_text()
     assert table.strip() in proc.stdout
-    lines = table.strip().splitlines()
+    lines = [line for line in table.strip().splitlines() if line.startswith("|")]
     assert lines[0].startswith("| Method | Accuracy | Jaccard |") and len(lines) == 2 + 3
+    assert "| 0.934 / 0.831 |" in lines[3] and "R2U-Net 0.929 / 0.827" in table  # the paper's figures, its model's row
     rows = json.loads((work / "table.json").read_text())
     assert [r["variant"] for r in rows] == ["unet", "ribcunet", "monai_attention_unet"]
     for r in rows:
         assert 0 <= r["mean_accuracy"] <= 1 and 0 <= r["mean_jaccard"] <= 1 and r["num_images"] == 3
-        assert r["params_m"] > 0 and r["gflops"] > 0
+        assert r["params_m"] > 0 and r["gflops"] > 0 and r["cpu_ms"] > 0
         assert (work / r["variant"] / "models" / "model.pt").is_file()
     # the residual Inception + bidirectional ConvGRU model is the costliest of the three at the same widths
     assert rows[1]["gflops"] > rows[0]["gflops"]
