@@ -135,10 +135,14 @@ def main() -> None:
     metadata["version"] = f"{metadata['version']}+edge1"
     metadata["changelog"][metadata["version"]] = f"fine-tuned on {args.isic_train} ISIC images and {n_edge} edge samples"
     (work / "metadata_next.json").write_text(json.dumps(metadata, indent=2))
-    run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", work / "next_model.ts",
+    next_models = work / "next_models"  # as the bundle's models/ folder: TorchScript and ONNX
+    next_models.mkdir(exist_ok=True)
+    run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", next_models / "model.ts",
          "--ckpt_file", arms["with edge samples"], "--meta_file", work / "metadata_next.json",
          "--config_file", BUNDLE / "configs" / "inference.json", "--bundle_root", BUNDLE])
-    run([sys.executable, "-m", "monai_app.edge", "--store", store, "install-model", work / "next_model.ts"])
+    run([sys.executable, BUNDLE / "scripts" / "export_onnx.py", "--bundle_root", BUNDLE, "--filepath", next_models / "model.onnx",
+         "--ckpt_file", arms["with edge samples"], "--meta_file", work / "metadata_next.json"])
+    run([sys.executable, "-m", "monai_app.edge", "--store", store, "install-model", next_models])
     status = json.loads(run([sys.executable, "-m", "monai_app.edge", "--store", store, "status"]).stdout)
 
     # 4. scores

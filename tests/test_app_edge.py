@@ -12,7 +12,7 @@ import pytest
 
 from networks.preprocessing import read_mask, read_rgb
 
-from _app_helpers import PYTHON, REPO, SAMPLES, make_tiny_model, read_results, run_app
+from _app_helpers import PYTHON, REPO, SAMPLES, export_onnx_like_the_bundle, make_tiny_model, read_results, run_app
 from _bundle_helpers import SAMPLE_DATALIST, cli_args, copy_bundle, run_cli, train_overrides
 
 SAMPLE_INPUT = SAMPLES / "input"
@@ -95,13 +95,16 @@ def test_review_cases_are_queued_corrected_and_become_samples(tmp_path, tiny_mod
 def test_accepted_cases_are_samples_and_the_installed_model_is_used(tmp_path, tiny_model):
     store = tmp_path / "store"
     version = "0.0.7"
-    model = make_tiny_model(tmp_path / "next.ts", seed=1)
+    exports = tmp_path / "next"  # a new version as the bundle's models/ folder holds it: TorchScript and ONNX
+    exports.mkdir()
+    model = make_tiny_model(exports / "model.ts", seed=1)
     # the tiny model's metadata says its own version; re-export it as a new edge version
     import torch
 
     scripted = torch.jit.load(str(model))
     torch.jit.save(scripted, str(model), _extra_files={"metadata.json": json.dumps({"name": "dermseg", "version": version})})
-    assert edge(store, "install-model", str(model)).returncode == 0
+    export_onnx_like_the_bundle(model, exports / "model.onnx")
+    assert edge(store, "install-model", str(exports)).returncode == 0
 
     env = dict(os.environ, DERMSEG_EDGE_STORE=str(store), DERMSEG_CONFIDENCE_THRESHOLD="0.0")
     env.pop("HOLOSCAN_MODEL_PATH", None)
@@ -110,6 +113,7 @@ def test_accepted_cases_are_samples_and_the_installed_model_is_used(tmp_path, ti
                "-i", str(SAMPLE_INPUT), "-o", str(out)]  # no -m: the edge store's active model
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"version {version}, ONNX Runtime on cpu" in result.stderr + result.stdout  # the installed ONNX export
     ok = [c for c in read_results(out)["cases"] if c["status"] == "ok"]
     assert ok and all(c["route"] == "accepted" for c in ok)
     assert status(store) == {"accepted": len(ok), "review": 0, "corrected": 0, "model_version": version}

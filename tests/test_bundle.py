@@ -246,6 +246,14 @@ def test_model_zoo_checks_and_export_round_trip(trained_bundle, tmp_path):
     assert np.allclose(session.run(["pred"], {"image": x.numpy()})[0], expected.numpy(), atol=1e-3)
     assert session.get_modelmeta().custom_metadata_map["version"] == metadata["version"]
 
+    # a new version's metadata, as the edge loop exports its fine-tuned model
+    next_meta = tmp_path / "metadata_next.json"
+    next_meta.write_text(json.dumps({**metadata, "version": metadata["version"] + "+edge1"}))
+    run_cli([PYTHON, bundle / "scripts" / "export_onnx.py", "--bundle_root", bundle, "--filepath", tmp_path / "next.onnx",
+             "--meta_file", next_meta], cwd=tmp_path)
+    custom = onnxruntime.InferenceSession(str(tmp_path / "next.onnx"), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert custom["version"] == metadata["version"] + "+edge1" == json.loads(custom["metadata.json"])["version"]
+
 
 def test_shipped_metadata_tells_the_truth():
     metadata = json.loads((BUNDLE_ROOT / "configs" / "metadata.json").read_text())

@@ -1,10 +1,12 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
-"""Model updates at the edge: install an exported TorchScript model, roll back, and what the status says."""
+"""Model updates at the edge: install an exported model (TorchScript, or with its ONNX export), roll back, and
+what the status says."""
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ import torch
 from monai_app.edge import EdgeStore, EdgeStoreError
 from monai_app.edge.__main__ import main as edge_cli
 from networks import RIBCUNet
+from networks.export import export_onnx
+from operators.model import load_model, resolve_model_file
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +38,25 @@ def exported_models(tmp_path_factory):
     torch.jit.save(scripted, str(paths["bad-version"]), _extra_files={"metadata.json": json.dumps({"version": "../1"})})
     paths["garbage"] = folder / "garbage.ts"
     paths["garbage"].write_bytes(b"not a model at all")
+    # model folders as the bundle's models/ holds them: model.ts and model.onnx (and weights, not installed)
+    for name, ts_version, onnx_version in (("0.2.0-folder", "0.2.0", "0.2.0"), ("0.2.0-folder-other-onnx", "0.2.0", "0.2.0"),
+                                           ("mismatch-folder", "0.3.0", "0.2.9")):
+        paths[name] = folder / name
+        paths[name].mkdir()
+        torch.jit.save(scripted, str(paths[name] / "model.ts"), _extra_files={"metadata.json": json.dumps({"name": "dermseg", "version": ts_version})})
+        export_onnx(scripted, paths[name] / "model.onnx", metadata={"name": "dermseg", "version": onnx_version}, example_shape=(1, 3, 32, 32))
+        (paths[name] / "model.pt").write_bytes(b"weights stay in the bundle")
+    with torch.no_grad():
+        next(scripted.parameters()).add_(1.0)
+    export_onnx(scripted, paths["0.2.0-folder-other-onnx"] / "model.onnx", metadata={"name": "dermseg", "version": "0.2.0"},
+                example_shape=(1, 3, 32, 32))
+    paths["no-ts-folder"] = folder / "no-ts-folder"
+    paths["no-ts-folder"].mkdir()
+    (paths["no-ts-folder"] / "model.onnx").write_bytes((paths["0.2.0-folder"] / "model.onnx").read_bytes())
+    paths["garbage-onnx-folder"] = folder / "garbage-onnx-folder"
+    paths["garbage-onnx-folder"].mkdir()
+    (paths["garbage-onnx-folder"] / "model.ts").write_bytes((paths["0.2.0-folder"] / "model.ts").read_bytes())
+    (paths["garbage-onnx-folder"] / "model.onnx").write_bytes(b"not an onnx model")
     return paths
 
 
@@ -52,10 +75,12 @@ def test_install_and_roll_back(tmp_path, exported_models, capsys):
 
     with EdgeStore(store_dir) as store:
         active = store.active_model_path()
-        assert active == store_dir.absolute() / "models" / "0.1.1" / "model.ts"
-        assert active.read_bytes() == exported_models["0.1.1"].read_bytes()
+        assert active == store_dir.absolute() / "models" / "0.1.1"
+        assert sorted(p.name for p in active.iterdir()) == ["model.ts"]
+        assert (active / "model.ts").read_bytes() == exported_models["0.1.1"].read_bytes()
+        assert resolve_model_file(active) == active / "model.ts"  # the app picks the file so
         extra = {"metadata.json": ""}
-        model = torch.jit.load(str(active), _extra_files=extra)  # the app loads it exactly so
+        model = torch.jit.load(str(active / "model.ts"), _extra_files=extra)
         assert json.loads(extra["metadata.json"])["version"] == "0.1.1"
         assert tuple(model(torch.rand(1, 3, 32, 32)).shape) == (1, 1, 32, 32)
     assert os.readlink(store_dir / "models" / "active") == "0.1.1"
@@ -86,6 +111,9 @@ def test_install_and_roll_back(tmp_path, exported_models, capsys):
         ("no-version", "'version' None is missing"),
         ("bad-version", "'version' '../1' is missing or not a plain version"),
         ("garbage", "not a TorchScript model"),
+        ("mismatch-folder", "model.onnx: version '0.2.9' differs from"),
+        ("no-ts-folder", "a model folder must hold model.ts"),
+        ("garbage-onnx-folder", "model.onnx: not a loadable ONNX model"),
     ],
 )
 def test_refused_models_change_nothing(tmp_path, exported_models, capsys, name, message):
@@ -99,6 +127,47 @@ def test_refused_models_change_nothing(tmp_path, exported_models, capsys, name, 
     assert edge_cli(["--store", str(store_dir), "install-model", str(exported_models[name])]) == 2
     assert str(exported_models[name]) in capsys.readouterr().err  # the message names the file
     assert sorted(p.name for p in (store_dir / "models").iterdir()) == ["0.1.1", "active"]
+
+
+def test_install_a_folder_with_its_onnx_export(tmp_path, exported_models, capsys):
+    """The bundle's models/ folder installs both exports; the app then serves ONNX on a CPU; both are kept safe."""
+    store_dir = tmp_path / "store"
+    assert edge_cli(["--store", str(store_dir), "install-model", str(exported_models["0.1.0"])]) == 0
+    assert edge_cli(["--store", str(store_dir), "install-model", str(exported_models["0.2.0-folder"])]) == 0
+    with EdgeStore(store_dir) as store:
+        active = store.active_model_path()
+        assert active == store_dir.absolute() / "models" / "0.2.0"
+        assert sorted(p.name for p in active.iterdir()) == ["model.onnx", "model.ts"]  # not the weights
+        assert resolve_model_file(active, "cpu") == active / "model.onnx"
+        model, info = load_model(active, "cpu")
+        assert info.version == "0.2.0" and tuple(model(torch.rand(2, 3, 32, 32)).shape) == (2, 1, 32, 32)
+        assert store.verify() == []
+        # the same version again: re-activated; with another ONNX file: refused
+        assert store.install_model(exported_models["0.2.0-folder"]) == "0.2.0"
+        with pytest.raises(EdgeStoreError, match="version 0.2.0 is already installed with different contents"):
+            store.install_model(exported_models["0.2.0-folder-other-onnx"])
+    # reopening runs the recovery sweep: the ONNX file is referenced, so it stays
+    with EdgeStore(store_dir) as store:
+        assert (store.active_model_path() / "model.onnx").is_file() and store.verify() == []
+        (store.active_model_path() / "model.onnx").write_bytes(b"tampered")
+        assert store.verify() == [f"{store.active_model_path() / 'model.onnx'}: contents changed since it was stored"]
+        assert store.rollback_model() == "0.1.0"
+        assert resolve_model_file(store.active_model_path(), "cpu").name == "model.ts"
+
+
+def test_a_schema_1_store_gains_the_exports_table(tmp_path, exported_models):
+    store_dir = tmp_path / "store"
+    with EdgeStore(store_dir) as store:
+        store.install_model(exported_models["0.1.0"])
+    db = sqlite3.connect(store_dir / "edge.sqlite")  # make it a store written by the previous schema
+    db.execute("DROP TABLE model_exports")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    with EdgeStore(store_dir) as store:
+        assert store.active_model_version() == "0.1.0" and store.verify() == []
+        assert store.install_model(exported_models["0.2.0-folder"]) == "0.2.0"
+        assert store.verify() == []
 
 
 def test_no_model_installed(tmp_path):

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     corrections.add_argument("folder")
     datalist = commands.add_parser("datalist", help="write a MONAI datalist of accepted and corrected samples")
     datalist.add_argument("out_json")
-    install = commands.add_parser("install-model", help="install an exported TorchScript model and make it active")
+    install = commands.add_parser("install-model", help="install an exported model (model.ts, or a folder with model.ts and model.onnx) and make it active")
     install.add_argument("path")
     commands.add_parser("rollback", help="make the previously active model active again")
     commands.add_parser("verify", help="check that every stored file is present and unchanged")

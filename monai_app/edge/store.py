@@ -7,7 +7,7 @@ Layout of a store folder ``DIR``::
     DIR/.lock                    advisory lock: who may run the recovery sweep
     DIR/cases/<SOPInstanceUID>/  image.png, mask.png (0/255), source.dcm, [seg.dcm, sr.dcm, overlay.png],
                                  after a review: corrected_mask.png (0/255), [corrected_seg.dcm]
-    DIR/models/<version>/model.ts
+    DIR/models/<version>/model.ts  [model.onnx]
     DIR/models/active ->         <version> (a convenience link; the database says which model is active)
 
 Durability.  A row is the only thing that makes a file part of the store.  Every write goes: encode in memory,
@@ -69,7 +69,8 @@ CASES_FOLDER = "cases"
 MODELS_FOLDER = "models"
 ACTIVE_LINK = "active"
 MODEL_FILE_NAME = "model.ts"
-SCHEMA_VERSION = 1
+ONNX_FILE_NAME = "model.onnx"
+SCHEMA_VERSION = 2  # 2: model_exports (a version's ONNX export beside its TorchScript); 1 opens and migrates
 
 # What a case's files are called inside cases/<SOPInstanceUID>/ (kind -> file name).
 FILE_NAMES: Mapping[str, str] = {
@@ -118,6 +119,12 @@ CREATE TABLE IF NOT EXISTS models (
     relpath      TEXT NOT NULL UNIQUE,
     sha256       TEXT NOT NULL,
     installed_at TEXT NOT NULL
+);
+-- Further exports of an installed version (its ONNX model), served instead of the TorchScript where faster.
+CREATE TABLE IF NOT EXISTS model_exports (
+    version TEXT NOT NULL REFERENCES models (version),
+    relpath TEXT NOT NULL UNIQUE,
+    sha256  TEXT NOT NULL
 );
 -- The deployed models as a stack: install pushes, rollback pops, the top is the active model.
 CREATE TABLE IF NOT EXISTS model_stack (
@@ -200,6 +207,36 @@ def read_model_metadata(path) -> dict:
     if not isinstance(metadata, dict):
         raise EdgeStoreError(f"{path}: its metadata.json is not a JSON object")
     return metadata
+
+
+def read_onnx_version(path) -> str:
+    """The ``version`` in an ONNX export's embedded ``metadata.json``; loading it in ONNX Runtime proves it is one."""
+    import torch  # only installing a model needs these; the app has them loaded already
+
+    from operators.model import OnnxRuntimeModel, read_model_info
+
+    try:
+        model = OnnxRuntimeModel(Path(path), torch.device("cpu"))
+    except ValueError as exc:
+        raise EdgeStoreError(str(exc)) from None
+    return read_model_info(model.metadata.get("metadata.json", ""), fallback_name=Path(path).stem).version
+
+
+def model_exports(path) -> Tuple[Path, Optional[Path]]:
+    """The TorchScript file and the ONNX file (or None) to install from ``path``.
+
+    ``path`` is a TorchScript file, or a folder holding ``model.ts`` and optionally ``model.onnx`` (the bundle's
+    ``models/`` folder: its other files, weights and checkpoints, are not installed).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path, None
+    if path.is_dir():
+        torchscript, onnx = path / MODEL_FILE_NAME, path / ONNX_FILE_NAME
+        if not torchscript.is_file():
+            raise EdgeStoreError(f"{path}: a model folder must hold {MODEL_FILE_NAME} (and may hold {ONNX_FILE_NAME})")
+        return torchscript, onnx if onnx.is_file() else None
+    raise EdgeStoreError(f"{path}: no such model file or folder")
 
 
 @dataclass(frozen=True)
@@ -340,7 +377,12 @@ class EdgeStore:
         """
         removed: List[Path] = []
         with self._thread_lock:
-            referenced = {row[0] for row in self._db.execute("SELECT relpath FROM files UNION SELECT relpath FROM models")}
+            referenced = {
+                row[0]
+                for row in self._db.execute(
+                    "SELECT relpath FROM files UNION SELECT relpath FROM models UNION SELECT relpath FROM model_exports"
+                )
+            }
             for top in (CASES_FOLDER, MODELS_FOLDER):
                 for folder, subfolders, file_names in os.walk(self.root / top, topdown=False):
                     folder_path = Path(folder)
@@ -531,7 +573,10 @@ class EdgeStore:
         """Problems with the files the rows reference (missing, or changed since written); empty when sound."""
         problems = []
         with self._thread_lock:
-            rows = self._db.execute("SELECT relpath, sha256 FROM files UNION ALL SELECT relpath, sha256 FROM models").fetchall()
+            rows = self._db.execute(
+                "SELECT relpath, sha256 FROM files UNION ALL SELECT relpath, sha256 FROM models "
+                "UNION ALL SELECT relpath, sha256 FROM model_exports"
+            ).fetchall()
         for relpath, sha256 in rows:
             path = self.root / relpath
             if not path.is_file():
@@ -638,58 +683,73 @@ class EdgeStore:
         return None if row is None else row[0]
 
     def active_model_path(self) -> Optional[Path]:
-        """The TorchScript file of the active model, or None where none was ever installed.
+        """The active model's folder ``models/<version>/`` (its ``model.ts``, and ``model.onnx`` where one was
+        installed), or None where no model was ever installed.
 
-        The app uses it when no ``-m`` is given.  (``DIR/models/active/model.ts`` is the same file for tools
-        that want a fixed path.)
+        The app uses it when no ``-m`` is given and picks the file as for any model folder.
+        (``DIR/models/active/`` is the same folder for tools that want a fixed path.)
         """
-        with self._thread_lock:
-            row = self._db.execute(
-                "SELECT m.relpath FROM model_stack s JOIN models m USING (version) ORDER BY s.position DESC LIMIT 1"
-            ).fetchone()
-        return None if row is None else self.root / row[0]
+        version = self.active_model_version()
+        return None if version is None else self.root / MODELS_FOLDER / version
 
     def model_history(self) -> List[dict]:
         with self._thread_lock:
             return [dict(row) for row in self._db.execute("SELECT action, version, at FROM model_events ORDER BY id")]
 
     def install_model(self, path) -> str:
-        """Copy an exported TorchScript model into ``models/<version>/model.ts`` and make it the active one.
+        """Install an exported model as ``models/<version>/`` and make it the active one; returns the version.
 
-        The version is the ``"version"`` in the model's embedded ``metadata.json``.  Installing a version that
-        is already installed with the same bytes just makes it active again; the same version with different
-        bytes is refused (a version must name one model).  Returns the version.
+        ``path`` is a TorchScript file, or a folder with ``model.ts`` and optionally ``model.onnx`` (the bundle's
+        ``models/`` folder); the app serves the ONNX export on a CPU where there is one (see
+        ``operators.model.resolve_model_file``).  The version is the ``"version"`` in the TorchScript's embedded
+        ``metadata.json``, and an ONNX export must carry the same.  Installing a version that is already installed
+        with the same files just makes it active again; the same version with other files is refused (a version
+        must name one model).
         """
-        path = Path(path)
-        if not path.is_file():
-            raise EdgeStoreError(f"{path}: no such model file")
-        metadata = read_model_metadata(path)
+        torchscript, onnx = model_exports(path)
+        metadata = read_model_metadata(torchscript)
         version = str(metadata.get("version") or "")
         if not _VERSION_PATTERN.fullmatch(version):
             raise EdgeStoreError(
-                f"{path}: metadata.json 'version' {metadata.get('version')!r} is missing or not a plain version "
+                f"{torchscript}: metadata.json 'version' {metadata.get('version')!r} is missing or not a plain version "
                 "string (letters, digits, '.', '_', '+', '-'; at most 64)"
             )
-        name = str(metadata.get("name") or path.stem)[:64]
-        data = path.read_bytes()
-        sha256 = hashlib.sha256(data).hexdigest()
+        if onnx is not None and read_onnx_version(onnx) != version:
+            raise EdgeStoreError(f"{onnx}: version {read_onnx_version(onnx)!r} differs from {torchscript}'s {version!r}")
+        name = str(metadata.get("name") or torchscript.stem)[:64]
+        data = torchscript.read_bytes()
+        onnx_data = onnx.read_bytes() if onnx is not None else None
+        contents = {MODEL_FILE_NAME: hashlib.sha256(data).hexdigest()}
+        if onnx_data is not None:
+            contents[ONNX_FILE_NAME] = hashlib.sha256(onnx_data).hexdigest()
+        folder = self.root / MODELS_FOLDER / version
+        relpath = f"{MODELS_FOLDER}/{version}/"
         with self._write_transaction() as db:
             installed = db.execute("SELECT sha256 FROM models WHERE version = ?", (version,)).fetchone()
-            if installed is not None and installed[0] != sha256:
-                raise EdgeStoreError(
-                    f"{path}: version {version} is already installed with different contents; export it with a new version"
-                )
-            if installed is None:
-                folder = self.root / MODELS_FOLDER / version
+            if installed is not None:
+                exports = db.execute("SELECT relpath, sha256 FROM model_exports WHERE version = ?", (version,)).fetchall()
+                installed_contents = {MODEL_FILE_NAME: installed[0], **{row[0][len(relpath):]: row[1] for row in exports}}
+                if installed_contents != contents:
+                    raise EdgeStoreError(
+                        f"{path}: version {version} is already installed with different contents; export it with a new version"
+                    )
+            else:
                 folder.mkdir(exist_ok=True)
-                self._files_written.append(folder / MODEL_FILE_NAME)
-                _write_durably(folder / MODEL_FILE_NAME, data)
+                for file_name, file_data in ((MODEL_FILE_NAME, data), (ONNX_FILE_NAME, onnx_data)):
+                    if file_data is not None:
+                        self._files_written.append(folder / file_name)
+                        _write_durably(folder / file_name, file_data)
                 _fsync_folder(folder)
                 _fsync_folder(folder.parent)
                 db.execute(
                     "INSERT INTO models (version, name, relpath, sha256, installed_at) VALUES (?, ?, ?, ?, ?)",
-                    (version, name, f"{MODELS_FOLDER}/{version}/{MODEL_FILE_NAME}", sha256, _now()),
+                    (version, name, relpath + MODEL_FILE_NAME, contents[MODEL_FILE_NAME], _now()),
                 )
+                if onnx_data is not None:
+                    db.execute(
+                        "INSERT INTO model_exports (version, relpath, sha256) VALUES (?, ?, ?)",
+                        (version, relpath + ONNX_FILE_NAME, contents[ONNX_FILE_NAME]),
+                    )
                 db.execute("INSERT INTO model_events (action, version, at) VALUES ('install', ?, ?)", (version, _now()))
             top = db.execute("SELECT version FROM model_stack ORDER BY position DESC LIMIT 1").fetchone()
             if top is None or top[0] != version:

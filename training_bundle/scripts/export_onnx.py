@@ -7,12 +7,14 @@ ONNX Runtime against PyTorch on a random input.
 writes ``models/model.onnx``: input ``image`` (N, 3, 256, 256) float32 RGB in [0, 1], output ``pred``
 (N, 1, 256, 256) lesion logits, the batch dimension dynamic.  The ONNX ``metadata_props`` hold the bundle's
 ``name``, ``version`` and the whole ``metadata.json`` under ``"metadata.json"``, as ``ckpt_export`` embeds it in
-``model.ts``.  Use ``--override channels=[64,128,256,512,1024]`` (etc.) for a network trained with overrides.
+``model.ts``; ``--meta_file`` embeds another one (a new version's).  Use ``--override channels=[64,128,256,512,1024]``
+(etc.) for a network trained with overrides.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Sequence
@@ -37,6 +39,7 @@ def export_onnx(
     overrides: dict | None = None,
     opset: int = 18,
     atol: float = 1e-3,
+    meta_file: str | None = None,
 ) -> str:
     """Export and verify; returns the ONNX file's path.  Raises if ONNX Runtime disagrees with PyTorch."""
     import onnxruntime
@@ -45,6 +48,9 @@ def export_onnx(
     filepath = filepath or os.path.join(bundle_root, "models", "model.onnx")
     ckpt_file = ckpt_file or os.path.join(bundle_root, "models", "model.pt")
     meta = parser.get("_meta_")
+    if meta_file:  # a new version's metadata (as ``ckpt_export --meta_file`` takes it)
+        with open(meta_file) as f:
+            meta = json.load(f)
     image = meta["network_data_format"]["inputs"]["image"]
 
     net = parser.get_parsed_content("network_def").eval()
@@ -72,11 +78,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--bundle_root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ap.add_argument("--filepath", help="ONNX file to write (default models/model.onnx)")
     ap.add_argument("--ckpt_file", help="weights (default models/model.pt)")
+    ap.add_argument("--meta_file", help="metadata.json to embed (default the bundle's configs/metadata.json)")
     ap.add_argument("--config_file", nargs="+", default=["configs/inference.json"], help="config file(s) defining network_def")
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. bi_convgru=False")
     ap.add_argument("--opset", type=int, default=18)
     args = ap.parse_args(argv)
-    export_onnx(args.bundle_root, args.filepath, args.ckpt_file, args.config_file, parse_overrides(args.override), args.opset)
+    export_onnx(
+        args.bundle_root, args.filepath, args.ckpt_file, args.config_file, parse_overrides(args.override), args.opset,
+        meta_file=args.meta_file,
+    )
 
 
 if __name__ == "__main__":
