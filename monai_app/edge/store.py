@@ -714,8 +714,9 @@ class EdgeStore:
                 f"{torchscript}: metadata.json 'version' {metadata.get('version')!r} is missing or not a plain version "
                 "string (letters, digits, '.', '_', '+', '-'; at most 64)"
             )
-        if onnx is not None and read_onnx_version(onnx) != version:
-            raise EdgeStoreError(f"{onnx}: version {read_onnx_version(onnx)!r} differs from {torchscript}'s {version!r}")
+        onnx_version = read_onnx_version(onnx) if onnx is not None else version
+        if onnx_version != version:
+            raise EdgeStoreError(f"{onnx}: version {onnx_version!r} differs from {torchscript}'s {version!r}")
         name = str(metadata.get("name") or torchscript.stem)[:64]
         data = torchscript.read_bytes()
         onnx_data = onnx.read_bytes() if onnx is not None else None
