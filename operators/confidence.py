@@ -16,7 +16,7 @@ agreement (Dice) of the mask with the mask of the horizontally flipped image mul
 Chosen by measurement (``benchmarks/confidence_eval.py``, README "Confidence"): on the 520 test images with the
 provisional model 0.1.0, the AUROC of (1 - confidence) for failures (Jaccard < 0.65) was 0.857 and its Spearman
 correlation with Jaccard 0.693, against 0.573 / 0.244 for the mean certainty |2p - 1| over the lesion region
-that it replaced; with the shipped model 0.2.0 they are 0.914 and 0.732.
+that it replaced; with the shipped model 0.3.0 they are 0.901 and 0.696.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ __all__ = [
 ]
 
 THRESHOLD_ENV = "DERMSEG_CONFIDENCE_THRESHOLD"
-# From the threshold table of benchmarks/confidence_eval.py on the test split with the shipped model 0.2.0
-# (README "Confidence"): 0.45 sends 37% of cases to review and catches 92% of the failures.  Re-pick it with
-# each model.
+# From the threshold table of benchmarks/confidence_eval.py on the test split with the shipped model 0.3.0
+# (README "Confidence"): the lowest threshold that catches 90% of the failures; it sends 35% of cases to review.
+# Re-pick it with each model.
 DEFAULT_THRESHOLD = 0.45
 UNCERTAIN_BAND = (0.1, 0.9)
 ACCEPTED = "accepted"
