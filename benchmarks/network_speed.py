@@ -96,6 +96,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-paper-width", action="store_true", help="leave out the 58 M-parameter paper width")
+    parser.add_argument("--widths", type=int, nargs="*", default=[], metavar="W",
+                        help="also RIBCUNet at top width W (levels W, 2W, 4W, 8W, 16W), e.g. to find where its "
+                        "achieved GFLOP/s meets BasicUNet's")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
@@ -106,6 +109,8 @@ def main() -> None:
         ("MONAI BasicUNet", lambda: BasicUNet(2, 3, 1)),
         ("MONAI AttentionUnet (16..256)", lambda: AttentionUnet(2, 3, 1, (16, 32, 64, 128, 256), (2, 2, 2, 2))),
     ]
+    for width in sorted(args.widths, reverse=True):  # inserted at one place: ascending in the table
+        nets.insert(2, (f"RIBCUNet width {width}", ribcunet(tuple(width * 2**level for level in range(5)))))
     if not args.skip_paper_width:
         nets.insert(1, ("RIBCUNet width 64 (paper)", ribcunet(PAPER_WIDTH)))
 
