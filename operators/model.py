@@ -17,6 +17,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from networks.export import ONNX_METADATA_KEY
+
 from .case import ModelInfo
 
 __all__ = ["resolve_model_file", "load_model", "load_torchscript_model", "OnnxRuntimeModel", "read_model_info"]
@@ -134,7 +136,7 @@ def load_model(path, device: torch.device | str = "cpu") -> Tuple[Callable[[torc
     model_file = resolve_model_file(path, device)
     if model_file.suffix.lower() == ONNX_SUFFIX:
         model = OnnxRuntimeModel(model_file, device)
-        return model, read_model_info(model.metadata.get("metadata.json", ""), fallback_name=model_file.stem)
+        return model, read_model_info(model.metadata.get(ONNX_METADATA_KEY, ""), fallback_name=model_file.stem)
     return load_torchscript_model(model_file, device)
 
 

@@ -211,15 +211,13 @@ def read_model_metadata(path) -> dict:
 
 def read_onnx_version(path) -> str:
     """The ``version`` in an ONNX export's embedded ``metadata.json``; loading it in ONNX Runtime proves it is one."""
-    import torch  # only installing a model needs these; the app has them loaded already
-
-    from operators.model import OnnxRuntimeModel, read_model_info
+    from operators.model import load_model  # only installing a model needs it; the app has it loaded already
 
     try:
-        model = OnnxRuntimeModel(Path(path), torch.device("cpu"))
+        _, info = load_model(path, "cpu")
     except ValueError as exc:
         raise EdgeStoreError(str(exc)) from None
-    return read_model_info(model.metadata.get("metadata.json", ""), fallback_name=Path(path).stem).version
+    return info.version
 
 
 def model_exports(path) -> Tuple[Path, Optional[Path]]:

@@ -64,12 +64,17 @@ def _variant_overrides(work_dir: str, name: str, common: Dict[str, Any]) -> Dict
     return {**VARIANTS[name][2], **common, "ckpt_dir": os.path.join(root, "models"), "output_dir": os.path.join(root, "eval")}
 
 
+def _inference_config(bundle_root: str, name: str, overrides: Dict[str, Any]):
+    """The variant's inference config (its ``network_def``) and its ``image_size``."""
+    parser = load_config(bundle_root, ["configs/inference.json", *VARIANTS[name][1]], {**VARIANTS[name][2], **overrides})
+    return parser, [int(s) for s in parser.get_parsed_content("image_size")]
+
+
 def count_cost(bundle_root: str, name: str, overrides: Dict[str, Any]) -> Dict[str, float]:
     """Parameters and forward GFLOPs of one image of the variant's network at ``image_size``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    parser = load_config(bundle_root, ["configs/inference.json", *VARIANTS[name][1]], {**VARIANTS[name][2], **overrides})
-    size = [int(s) for s in parser.get_parsed_content("image_size")]
+    parser, size = _inference_config(bundle_root, name, overrides)
     # on the meta device: shapes only, so even the paper's width costs no time and no memory
     with torch.device("meta"):
         net = parser.get_parsed_content("network_def").eval()
@@ -82,8 +87,7 @@ def count_cost(bundle_root: str, name: str, overrides: Dict[str, Any]) -> Dict[s
 
 def cpu_latency_ms(bundle_root: str, name: str, overrides: Dict[str, Any], repeats: int = 5) -> float:
     """Median milliseconds of one image at ``image_size`` through the frozen TorchScript network on the CPU."""
-    parser = load_config(bundle_root, ["configs/inference.json", *VARIANTS[name][1]], {**VARIANTS[name][2], **overrides})
-    size = [int(s) for s in parser.get_parsed_content("image_size")]
+    parser, size = _inference_config(bundle_root, name, overrides)
     torch.manual_seed(0)
     net = torch.jit.freeze(torch.jit.script(parser.get_parsed_content("network_def").cpu().eval()))
     image = torch.rand(1, 3, *size)
