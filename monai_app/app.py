@@ -73,6 +73,7 @@ class SkinLesionSegApp(Application):
         )
         segment_lesions = LesionSegmentationOperator(
             self, model_path=model_path, batch_size=settings.batch_size, flip_tta=settings.flip_tta,
+            precision=settings.model_precision,
             name="segment_lesions",
         )
         score_confidence = ConfidenceRoutingOperator(

@@ -11,6 +11,7 @@ from typing import Mapping, Optional
 import yaml
 
 from operators.confidence import THRESHOLD_ENV, threshold_from_env
+from operators.model import PRECISIONS
 
 __all__ = ["AppSettings", "DEFAULT_MODEL_PATH", "APP_CONFIG_SECTION", "apply_app_config_defaults"]
 
@@ -57,6 +58,7 @@ class AppSettings:
     batch_size: int
     write_probability_seg: bool
     flip_tta: bool  # DERMSEG_FLIP_TTA: segment the mirror image too, confidence x flip agreement (2x the compute)
+    model_precision: str = "int8"  # DERMSEG_MODEL_PRECISION: int8 (model_int8.onnx where there is one) or fp32
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "AppSettings":
@@ -68,6 +70,9 @@ class AppSettings:
             raise ValueError(f"DERMSEG_BATCH_SIZE={batch_raw!r} must be a whole number from 1 to 256")
         probability = _flag(environ, "DERMSEG_PROBABILITY_SEG", True)
         flip_tta = _flag(environ, "DERMSEG_FLIP_TTA", False)
+        precision = environ.get("DERMSEG_MODEL_PRECISION", "").strip().lower() or "int8"
+        if precision not in PRECISIONS:
+            raise ValueError(f"DERMSEG_MODEL_PRECISION={precision!r} must be one of {', '.join(PRECISIONS)}")
         return cls(
             confidence_threshold=threshold_from_env(environ),
             edge_store=Path(environ["DERMSEG_EDGE_STORE"]) if environ.get("DERMSEG_EDGE_STORE") else None,
@@ -75,6 +80,7 @@ class AppSettings:
             batch_size=int(batch_raw),
             write_probability_seg=probability,
             flip_tta=flip_tta,
+            model_precision=precision,
         )
 
     def for_results(self) -> dict:
@@ -84,6 +90,7 @@ class AppSettings:
             "edge_store": self.edge_store is not None,
             "send_to": self.send_to is not None,
             "flip_tta": self.flip_tta,
+            "model_precision": self.model_precision,
         }
 
 

@@ -30,6 +30,8 @@ __all__ = [
     "mask_to_model_target",
     "logits_to_probability",
     "probability_to_mask",
+    "CLEANUPS",
+    "clean_mask",
     "read_rgb",
     "read_mask",
     "LoadRGBd",
@@ -114,6 +116,27 @@ def logits_to_probability(logits: torch.Tensor, original_size: Sequence[int]) ->
 def probability_to_mask(probability: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """Lesion probabilities to a uint8 mask in {0, 1}."""
     return (probability >= threshold).to(torch.uint8)
+
+
+CLEANUPS = ("none", "largest", "fill_holes", "largest+fill_holes")
+
+
+def clean_mask(mask: np.ndarray, cleanup: str = "none") -> np.ndarray:
+    """A ``(H, W)`` mask cleaned up: ``"largest"`` keeps its largest 8-connected component, ``"fill_holes"``
+    fills enclosed background, ``"largest+fill_holes"`` does both, ``"none"`` nothing.  The bundle's
+    ``scripts/tune_threshold.py`` measures each on the validation split."""
+    if cleanup not in CLEANUPS:
+        raise ValueError(f"cleanup must be one of {CLEANUPS}, got {cleanup!r}")
+    from scipy import ndimage  # only where a clean-up is asked for
+
+    mask = np.asarray(mask) > 0
+    if "largest" in cleanup and mask.any():
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        if count > 1:
+            mask = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    if "fill_holes" in cleanup:
+        mask = ndimage.binary_fill_holes(mask)
+    return mask
 
 
 class LoadRGBd(MapTransform):

@@ -13,9 +13,11 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+
+from networks.preprocessing import MODEL_INPUT_SIZE
 
 __all__ = [
     "Case", "CaseBatch", "ModelInfo", "CaseStatus", "is_valid_uid", "atomic_write_bytes", "atomic_write_with",
@@ -31,10 +33,14 @@ class CaseStatus:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Name and version of the model that made a result (from the TorchScript's embedded metadata.json)."""
+    """Who the model that made a result is, and the input it takes: name, version, ``(height, width)`` of its
+    input and its precision (``"int8"`` for a quantized export), from the bundle's ``metadata.json`` embedded in
+    the export (TorchScript or ONNX)."""
 
     name: str
     version: str
+    input_size: Tuple[int, int] = MODEL_INPUT_SIZE
+    precision: str = "fp32"
 
 
 @dataclass

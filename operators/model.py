@@ -1,11 +1,14 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
 """Finding and loading the exported model, with its metadata: TorchScript or ONNX, never a pickle.
 
-The bundle exports the same weights twice: ``model.ts`` (TorchScript, ``ckpt_export``) and ``model.onnx``
-(``scripts/export_onnx.py``).  On the CPU, ONNX Runtime runs this network in about 0.7x of TorchScript's time
-and needs no warm-up calls (``benchmarks/app_throughput.py`` measures both), so a folder holding both is served
-with ONNX Runtime on the CPU and with TorchScript on a GPU.  Either way the model is a callable from a float
-(N, 3, 256, 256) tensor to (N, 1, 256, 256) logits.
+The bundle exports the same weights three times: ``model.ts`` (TorchScript, ``ckpt_export``), ``model.onnx``
+(``scripts/export_onnx.py``) and ``model_int8.onnx`` (``scripts/quantize_onnx.py``, the ONNX model with int8
+weights and activations).  On the CPU, ONNX Runtime runs this network faster than TorchScript and needs no
+warm-up calls, and the int8 model faster still (``benchmarks/network_speed.py`` measures all three), so a folder
+is served with ONNX Runtime on the CPU (the int8 model where there is one, unless precision ``"fp32"`` is asked
+for) and with TorchScript on a GPU.  Either way the model is a callable from a float
+(N, 3, H, W) tensor to (N, 1, H, W) logits, at the input size ``(H, W)`` its embedded metadata states
+(``ModelInfo.input_size``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from networks.export import ONNX_METADATA_KEY
+from networks.preprocessing import MODEL_INPUT_SIZE
 
 from .case import ModelInfo
 
@@ -25,20 +29,34 @@ __all__ = ["resolve_model_file", "load_model", "load_torchscript_model", "OnnxRu
 
 TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".pth", ".zip")
 ONNX_SUFFIX = ".onnx"
+INT8_ONNX_SUFFIX = "_int8.onnx"
+PRECISIONS = ("int8", "fp32")
 
 
-def resolve_model_file(path, device: torch.device | str = "cpu", kind: Optional[str] = None) -> Path:
+def _kind_of(path: Path) -> Optional[str]:
+    name = path.name.lower()
+    if name.endswith(INT8_ONNX_SUFFIX):
+        return "int8"
+    if name.endswith(ONNX_SUFFIX):
+        return "onnx"
+    return "torchscript" if _is_torchscript_archive(path) else None
+
+
+def resolve_model_file(path, device: torch.device | str = "cpu", kind: Optional[str] = None, precision: str = "int8") -> Path:
     """The model file itself: ``path`` if a file, else the model file in that folder (a MAP's models/).
 
-    A folder may hold one TorchScript archive and one ONNX model of the same network; unless ``kind``
-    (``"onnx"`` or ``"torchscript"``) asks for one, ONNX is chosen on the CPU where ONNX Runtime is installed and
-    TorchScript otherwise.  Files that are neither (state dicts, checkpoints) are ignored.  Raises
-    FileNotFoundError where there is no model (of that kind) or several of one kind, ValueError for a file that
-    is not a model.
+    A folder may hold one TorchScript archive, one float ONNX model and one int8 ONNX model (``*_int8.onnx``) of
+    the same network.  Unless ``kind`` (``"torchscript"``, ``"onnx"`` or ``"int8"``) asks for one, the CPU gets
+    the int8 model where there is one and ``precision`` is ``"int8"``, else the float ONNX model (where ONNX
+    Runtime is installed), else TorchScript; a GPU gets TorchScript where there is one.  Files that are none of
+    these (state dicts, checkpoints) are ignored.  Raises FileNotFoundError where there is no model (of that
+    kind) or several of one kind, ValueError for a file that is not a model.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"model precision must be one of {PRECISIONS}, got {precision!r}")
     path = Path(path)
     if path.is_file():
-        found = "onnx" if path.suffix.lower() == ONNX_SUFFIX else "torchscript" if _is_torchscript_archive(path) else None
+        found = _kind_of(path) if path.suffix.lower() in (ONNX_SUFFIX, *TORCHSCRIPT_SUFFIXES) else None
         if found is None:
             raise ValueError(f"{path} is neither a TorchScript archive nor an ONNX model (pickles are never loaded)")
         if kind is not None and kind != found:
@@ -46,11 +64,8 @@ def resolve_model_file(path, device: torch.device | str = "cpu", kind: Optional[
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"no model at {path}")
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    by_kind = {
-        "onnx": [p for p in files if p.suffix.lower() == ONNX_SUFFIX],
-        "torchscript": [p for p in files if p.suffix.lower() in TORCHSCRIPT_SUFFIXES and _is_torchscript_archive(p)],
-    }
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (ONNX_SUFFIX, *TORCHSCRIPT_SUFFIXES))
+    by_kind = {k: [p for p in files if _kind_of(p) == k] for k in ("int8", "onnx", "torchscript")}
     for model_kind, found in by_kind.items():
         if len(found) > 1:
             names = ", ".join(str(p.relative_to(path)) for p in found)
@@ -59,8 +74,9 @@ def resolve_model_file(path, device: torch.device | str = "cpu", kind: Optional[
         if not by_kind.get(kind):
             raise FileNotFoundError(f"no {kind} model under {path}")
         return by_kind[kind][0]
-    if by_kind["onnx"] and (not by_kind["torchscript"] or _prefers_onnx(torch.device(device))):
-        return by_kind["onnx"][0]
+    onnx = (by_kind["int8"] if precision == "int8" else []) + by_kind["onnx"]  # "fp32" never gets the int8 model
+    if onnx and (not by_kind["torchscript"] or _prefers_onnx(torch.device(device))):
+        return onnx[0]
     if by_kind["torchscript"]:
         return by_kind["torchscript"][0]
     raise FileNotFoundError(f"no TorchScript ({', '.join(TORCHSCRIPT_SUFFIXES)}) or ONNX model under {path}")
@@ -90,7 +106,9 @@ def _is_torchscript_archive(path: Path) -> bool:
 
 
 def read_model_info(extra_metadata: str, fallback_name: str) -> ModelInfo:
-    """Name and version from the bundle's ``metadata.json`` embedded in the export (TorchScript or ONNX)."""
+    """Name, version and input size from the bundle's ``metadata.json`` embedded in the export (TorchScript or
+    ONNX).  A model without metadata is taken to have the default input size; metadata that states an input
+    size which is not two positive sides is refused, since the model would be served wrongly."""
     try:
         metadata = json.loads(extra_metadata) if extra_metadata else {}
     except ValueError:
@@ -99,7 +117,23 @@ def read_model_info(extra_metadata: str, fallback_name: str) -> ModelInfo:
         metadata = {}
     name = str(metadata.get("name") or fallback_name)[:64]
     version = str(metadata.get("version") or "unknown")[:64]
-    return ModelInfo(name=name, version=version)
+    precision = str(metadata.get("precision") or "fp32")[:16]
+    return ModelInfo(name=name, version=version, input_size=_input_size(metadata, name), precision=precision)
+
+
+def _input_size(metadata: dict, name: str) -> Tuple[int, int]:
+    """``network_data_format.inputs.image.spatial_shape`` as ``(height, width)``; the default where absent."""
+    try:
+        shape = metadata["network_data_format"]["inputs"]["image"]["spatial_shape"]
+    except (KeyError, TypeError):
+        return MODEL_INPUT_SIZE
+    try:
+        size = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"model {name}: its metadata states input spatial_shape {shape!r}, not (height, width)")
+    return size
 
 
 class OnnxRuntimeModel:
@@ -130,10 +164,10 @@ class OnnxRuntimeModel:
         return torch.from_numpy(self.session.run([self.output_name], {self.input_name: array})[0])
 
 
-def load_model(path, device: torch.device | str = "cpu") -> Tuple[Callable[[torch.Tensor], torch.Tensor], ModelInfo]:
+def load_model(path, device: torch.device | str = "cpu", precision: str = "int8") -> Tuple[Callable[[torch.Tensor], torch.Tensor], ModelInfo]:
     """Load the model once (see ``resolve_model_file`` for which file): the callable and who it is."""
     device = torch.device(device)
-    model_file = resolve_model_file(path, device)
+    model_file = resolve_model_file(path, device, precision=precision)
     if model_file.suffix.lower() == ONNX_SUFFIX:
         model = OnnxRuntimeModel(model_file, device)
         return model, read_model_info(model.metadata.get(ONNX_METADATA_KEY, ""), fallback_name=model_file.stem)

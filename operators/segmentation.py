@@ -24,6 +24,7 @@ __all__ = ["LesionSegmentationOperator", "segment_cases"]
 def segment_cases(cases: List[Case], model, model_info, device, batch_size: int = 1, flip_tta: bool = False) -> None:
     """Fill ``probability`` and ``mask`` of every ``ok`` case, several cases per model call.
 
+    Each photo is squashed to the input size the model's metadata states (``model_info.input_size``).
     With ``flip_tta`` the horizontally mirrored image is segmented too (in the same model call) and
     ``flip_agreement`` set to the Dice of the two masks: a model that sees a lesion differently in its mirror image
     is unsure of it.  The mask itself always comes from the image as it is.
@@ -34,7 +35,7 @@ def segment_cases(cases: List[Case], model, model_info, device, batch_size: int 
         if not case.ok:
             continue
         try:
-            todo.append((case, rgb_to_model_input(case.rgb)))
+            todo.append((case, rgb_to_model_input(case.rgb, model_info.input_size)))
         except Exception as exc:
             case.fail("preprocessing", exc)
     for start in range(0, len(todo), batch_size):
@@ -79,6 +80,9 @@ class LesionSegmentationOperator(Operator):
         cases: the same list; ``ok`` cases now carry ``probability`` (H, W) float32 at the photo's size,
         ``mask`` (H, W) uint8 and ``model`` (name and version from the model's embedded metadata); with
         ``flip_tta`` also ``flip_agreement`` (Dice of the masks of the image and of its mirror image).
+
+    ``precision`` (``"int8"`` or ``"fp32"``) picks the export from a model folder: on a CPU the int8 ONNX model
+    where the folder holds one, unless ``"fp32"`` (see ``operators.model.resolve_model_file``).
     """
 
     def __init__(
@@ -89,10 +93,12 @@ class LesionSegmentationOperator(Operator):
         batch_size: int = 1,
         flip_tta: bool = False,
         device: Optional[str] = None,
+        precision: str = "int8",
         **kwargs,
     ):
         self.model_path = Path(model_path)
         self.flip_tta = bool(flip_tta)
+        self.precision = precision
         self.batch_size = max(1, int(batch_size))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._model = None
@@ -106,8 +112,9 @@ class LesionSegmentationOperator(Operator):
 
     def start(self):
         # Once per run, not per chunk: a model load costs more than a batch.
-        self._model, self.model_info = load_model(self.model_path, self.device)
+        self._model, self.model_info = load_model(self.model_path, self.device, self.precision)
         runtime = "ONNX Runtime" if isinstance(self._model, OnnxRuntimeModel) else "TorchScript"
+        runtime += f" {self.model_info.precision}"
         self._logger.info("model %s version %s, %s on %s", self.model_info.name, self.model_info.version, runtime, self.device)
 
     def compute(self, op_input, op_output, context):

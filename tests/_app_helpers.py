@@ -44,6 +44,9 @@ VL_PHOTOGRAPHIC = make_samples.VL_PHOTOGRAPHIC
 SECONDARY_CAPTURE = make_samples.SECONDARY_CAPTURE
 
 
+TINY_CHANNELS = (4, 8, 16, 32, 64)
+
+
 def make_tiny_model(path: Path, seed: int = 0) -> Path:
     """A small random RIBCUNet exported as the bundle exports it: TorchScript with metadata.json embedded.
 
@@ -54,7 +57,7 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
     from networks.preprocessing import rgb_to_model_input
 
     torch.manual_seed(seed)
-    network = RIBCUNet(channels=(4, 8, 16, 32, 64)).eval()
+    network = RIBCUNet(channels=TINY_CHANNELS).eval()
     with torch.no_grad():
         network.head.weight.mul_(40.0)
         network.head.bias.zero_()
@@ -66,12 +69,26 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
 
 
 def export_onnx_like_the_bundle(torchscript_path: Path, path: Path) -> Path:
-    """The TorchScript model as ONNX, its metadata.json in ``metadata_props``, by the bundle's own export."""
+    """The tiny TorchScript model as ONNX, its metadata.json in ``metadata_props``, by the bundle's own export:
+    traced from the eager network with the same weights, as ``scripts/export_onnx.py`` does."""
+    from networks import RIBCUNet
     from networks.export import export_onnx
 
     extra = {"metadata.json": ""}
     module = torch.jit.load(str(torchscript_path), _extra_files=extra).eval()
-    export_onnx(module, path, metadata=json.loads(extra["metadata.json"]))
+    network = RIBCUNet(channels=TINY_CHANNELS).eval()
+    network.load_state_dict(module.state_dict())
+    export_onnx(network, path, metadata=json.loads(extra["metadata.json"]))
+    return Path(path)
+
+
+def quantize_like_the_bundle(onnx_path: Path, path: Path, calibration_images: int = 4) -> Path:
+    """The ONNX model quantized to int8 by the bundle's own ``scripts/quantize_onnx.py``, calibrated on the
+    shipped ISIC sample's training cases."""
+    sys.path.insert(0, str(REPO / "training_bundle"))
+    from scripts.quantize_onnx import quantize_onnx
+
+    quantize_onnx(str(onnx_path), str(path), str(SHIPPED_SAMPLE), str(SHIPPED_SAMPLE / "datalist.json"), calibration_images)
     return Path(path)
 
 

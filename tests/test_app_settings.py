@@ -51,3 +51,10 @@ def test_the_app_reads_its_settings_from_the_config_file(tmp_path):
     ok = [c for c in results["cases"] if c["status"] == "ok"]
     assert ok and all(c["route"] == "review" for c in ok)
     assert results["settings"]["DERMSEG_CONFIDENCE_THRESHOLD"] == 1.0
+
+
+def test_model_precision_setting():
+    assert AppSettings.from_env({}).model_precision == "int8"
+    assert AppSettings.from_env({"DERMSEG_MODEL_PRECISION": "FP32"}).model_precision == "fp32"
+    with pytest.raises(ValueError, match="DERMSEG_MODEL_PRECISION='fp16'"):
+        AppSettings.from_env({"DERMSEG_MODEL_PRECISION": "fp16"})

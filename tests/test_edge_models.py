@@ -17,6 +17,8 @@ from networks import RIBCUNet
 from networks.export import export_onnx
 from operators.model import load_model, resolve_model_file
 
+from _app_helpers import quantize_like_the_bundle
+
 
 @pytest.fixture(scope="module")
 def exported_models(tmp_path_factory):
@@ -50,6 +52,17 @@ def exported_models(tmp_path_factory):
         next(scripted.parameters()).add_(1.0)
     export_onnx(scripted, paths["0.2.0-folder-other-onnx"] / "model.onnx", metadata={"name": "dermseg", "version": "0.2.0"},
                 example_shape=(1, 3, 32, 32))
+    # and the int8 export beside them (quantized by the bundle's script), of the same version or not; the ONNX
+    # models traced from the eager network, as the bundle's export_onnx.py exports them
+    shape = {"network_data_format": {"inputs": {"image": {"spatial_shape": [32, 32]}}}}
+    eager = RIBCUNet(channels=(4, 8, 16, 32, 64)).eval()
+    for name, int8_version in (("0.4.0-int8-folder", "0.4.0"), ("int8-mismatch-folder", "0.3.9")):
+        paths[name] = folder / name
+        paths[name].mkdir()
+        torch.jit.save(scripted, str(paths[name] / "model.ts"), _extra_files={"metadata.json": json.dumps({"name": "dermseg", "version": "0.4.0"})})
+        export_onnx(eager, paths[name] / "model.onnx", metadata={"name": "dermseg", "version": "0.4.0", **shape}, example_shape=(1, 3, 32, 32))
+        export_onnx(eager, folder / "float.onnx", metadata={"name": "dermseg", "version": int8_version, **shape}, example_shape=(1, 3, 32, 32))
+        quantize_like_the_bundle(folder / "float.onnx", paths[name] / "model_int8.onnx")
     paths["no-ts-folder"] = folder / "no-ts-folder"
     paths["no-ts-folder"].mkdir()
     (paths["no-ts-folder"] / "model.onnx").write_bytes((paths["0.2.0-folder"] / "model.onnx").read_bytes())
@@ -112,6 +125,7 @@ def test_install_and_roll_back(tmp_path, exported_models, capsys):
         ("bad-version", "'version' '../1' is missing or not a plain version"),
         ("garbage", "not a TorchScript model"),
         ("mismatch-folder", "model.onnx: version '0.2.9' differs from"),
+        ("int8-mismatch-folder", "model_int8.onnx: version '0.3.9' differs from"),
         ("no-ts-folder", "a model folder must hold model.ts"),
         ("garbage-onnx-folder", "model.onnx: not a loadable ONNX model"),
     ],
@@ -153,6 +167,21 @@ def test_install_a_folder_with_its_onnx_export(tmp_path, exported_models, capsys
         assert store.verify() == [f"{store.active_model_path() / 'model.onnx'}: contents changed since it was stored"]
         assert store.rollback_model() == "0.1.0"
         assert resolve_model_file(store.active_model_path(), "cpu").name == "model.ts"
+
+
+def test_install_a_folder_with_its_int8_export(tmp_path, exported_models):
+    """All three exports are installed and verified; a CPU then gets the int8 model unless fp32 is asked for."""
+    with EdgeStore(tmp_path / "store") as store:
+        assert store.install_model(exported_models["0.4.0-int8-folder"]) == "0.4.0"
+        active = store.active_model_path()
+        assert sorted(p.name for p in active.iterdir()) == ["model.onnx", "model.ts", "model_int8.onnx"]
+        model, info = load_model(active, "cpu")
+        assert info.version == "0.4.0" and info.precision == "int8"
+        assert tuple(model(torch.rand(1, 3, 32, 32)).shape) == (1, 1, 32, 32)
+        assert load_model(active, "cpu", precision="fp32")[1].precision == "fp32"
+        assert store.verify() == []
+        (active / "model_int8.onnx").write_bytes(b"tampered")
+        assert store.verify() == [f"{active / 'model_int8.onnx'}: contents changed since it was stored"]
 
 
 def test_a_schema_1_store_gains_the_exports_table(tmp_path, exported_models):

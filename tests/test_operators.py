@@ -1,5 +1,6 @@
 """Each operator of the MONAI Deploy app alone, and the plain functions behind it, on files built from real images."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -36,7 +37,8 @@ from operators.dicom_outputs import (
     overlay_rgb,
 )
 from operators.loader import MAX_PIXELS, iter_input_files, load_file
-from operators.model import OnnxRuntimeModel, load_model, load_torchscript_model, resolve_model_file
+from networks.export import export_onnx
+from operators.model import OnnxRuntimeModel, load_model, load_torchscript_model, read_model_info, resolve_model_file
 from operators.segmentation import segment_cases
 
 from _app_helpers import (
@@ -48,6 +50,7 @@ from _app_helpers import (
     dciodvfy_errors,
     isic_rgb,
     export_onnx_like_the_bundle,
+    quantize_like_the_bundle,
     make_tiny_model,
     photo_dataset,
     run_operator_alone,
@@ -237,6 +240,32 @@ def test_a_model_folder_is_served_by_onnx_runtime_on_cpu_and_torchscript_on_gpu(
         resolve_model_file(folder)
 
 
+def test_a_cpu_gets_the_int8_model_unless_fp32_is_asked_for(tiny_model_path, tiny_onnx_path, tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "model.ts").write_bytes(tiny_model_path.read_bytes())
+    (folder / "model.onnx").write_bytes(tiny_onnx_path.read_bytes())
+    quantize_like_the_bundle(tiny_onnx_path, folder / "model_int8.onnx")
+    assert resolve_model_file(folder, "cpu") == folder / "model_int8.onnx"
+    assert resolve_model_file(folder, "cpu", precision="fp32") == folder / "model.onnx"
+    assert resolve_model_file(folder, "cuda") == folder / "model.ts"
+    assert resolve_model_file(folder, kind="int8") == folder / "model_int8.onnx"
+    model, info = load_model(folder)
+    assert info.precision == "int8" and (info.name, info.version) == (MODEL_INFO.name, MODEL_INFO.version)
+    with pytest.raises(ValueError, match="precision"):
+        resolve_model_file(folder, precision="fp16")
+    (folder / "model.onnx").unlink()
+    (folder / "model.ts").unlink()
+    with pytest.raises(FileNotFoundError):  # fp32 never falls back to the int8 model
+        resolve_model_file(folder, "cpu", precision="fp32")
+    # int8 on real images: the same masks as the float model, but for pixels at the boundary
+    float_model, _ = load_model(tiny_onnx_path)
+    for i in range(3):
+        image = rgb_to_model_input(isic_rgb(f"ISIC_000000{i}", None))[None]
+        a, b = float_model(image) > 0, model(image) > 0
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9
+
+
 def test_a_broken_onnx_file_is_a_clear_error(tmp_path):
     broken = tmp_path / "model.onnx"
     broken.write_bytes(b"\x08\x07 not a protobuf model")
@@ -260,6 +289,27 @@ def test_onnx_runtime_and_torchscript_give_the_same_segmentation(tiny_model_path
         np.testing.assert_allclose(ours.probability, reference.probability, atol=1e-4)
         differing = ours.mask != reference.mask
         assert differing.mean() < 1e-4 and (np.abs(reference.probability[differing] - 0.5) < 1e-3).all()
+
+
+def test_the_model_is_fed_the_input_size_its_metadata_states(tiny_model_path, tmp_path, rgb):
+    """A model exported at 128x128 (its ONNX graph takes nothing else) is served at 128x128, by both runtimes."""
+    module = torch.jit.load(str(tiny_model_path)).eval()
+    metadata = {**TINY_MODEL_METADATA, "network_data_format": {"inputs": {"image": {"spatial_shape": [128, 128]}}}}
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(module, onnx_path, metadata=metadata, example_shape=(1, 3, 128, 128))
+    model, info = load_model(onnx_path)
+    assert info.input_size == (128, 128)
+    served = Case(source_file="a", rgb=rgb)
+    segment_cases([served], model, info, torch.device("cpu"))
+    assert served.ok and served.mask.shape == rgb.shape[:2]
+    fed_the_default = Case(source_file="b", rgb=rgb)
+    segment_cases([fed_the_default], model, dataclasses.replace(info, input_size=(256, 256)), torch.device("cpu"))
+    assert fed_the_default.status == "error"  # the size really comes from the metadata
+    script_path = tmp_path / "model.ts"
+    torch.jit.save(module, str(script_path), _extra_files={"metadata.json": json.dumps(metadata)})
+    assert load_torchscript_model(script_path)[1].input_size == (128, 128)
+    with pytest.raises(ValueError, match="spatial_shape"):
+        read_model_info(json.dumps({"network_data_format": {"inputs": {"image": {"spatial_shape": [0, 128]}}}}), "m")
 
 
 def test_segmentation_matches_the_model_called_directly(tiny_model_path):

@@ -7,7 +7,7 @@ Layout of a store folder ``DIR``::
     DIR/.lock                    advisory lock: who may run the recovery sweep
     DIR/cases/<SOPInstanceUID>/  image.png, mask.png (0/255), source.dcm, [seg.dcm, sr.dcm, overlay.png],
                                  after a review: corrected_mask.png (0/255), [corrected_seg.dcm]
-    DIR/models/<version>/model.ts  [model.onnx]
+    DIR/models/<version>/model.ts  [model.onnx] [model_int8.onnx]
     DIR/models/active ->         <version> (a convenience link; the database says which model is active)
 
 Durability.  A row is the only thing that makes a file part of the store.  Every write goes: encode in memory,
@@ -70,7 +70,9 @@ MODELS_FOLDER = "models"
 ACTIVE_LINK = "active"
 MODEL_FILE_NAME = "model.ts"
 ONNX_FILE_NAME = "model.onnx"
-SCHEMA_VERSION = 2  # 2: model_exports (a version's ONNX export beside its TorchScript); 1 opens and migrates
+INT8_ONNX_FILE_NAME = "model_int8.onnx"
+ONNX_FILE_NAMES = (ONNX_FILE_NAME, INT8_ONNX_FILE_NAME)  # the exports installed beside model.ts where present
+SCHEMA_VERSION = 2  # 2: model_exports (a version's ONNX exports beside its TorchScript); 1 opens and migrates
 
 # What a case's files are called inside cases/<SOPInstanceUID>/ (kind -> file name).
 FILE_NAMES: Mapping[str, str] = {
@@ -220,20 +222,21 @@ def read_onnx_version(path) -> str:
     return info.version
 
 
-def model_exports(path) -> Tuple[Path, Optional[Path]]:
-    """The TorchScript file and the ONNX file (or None) to install from ``path``.
+def model_exports(path) -> Tuple[Path, List[Path]]:
+    """The TorchScript file and the ONNX files (float and int8, those present) to install from ``path``.
 
-    ``path`` is a TorchScript file, or a folder holding ``model.ts`` and optionally ``model.onnx`` (the bundle's
-    ``models/`` folder: its other files, weights and checkpoints, are not installed).
+    ``path`` is a TorchScript file, or a folder holding ``model.ts`` and optionally ``model.onnx`` and
+    ``model_int8.onnx`` (the bundle's ``models/`` folder: its other files, weights and checkpoints, are not
+    installed).
     """
     path = Path(path)
     if path.is_file():
-        return path, None
+        return path, []
     if path.is_dir():
-        torchscript, onnx = path / MODEL_FILE_NAME, path / ONNX_FILE_NAME
+        torchscript = path / MODEL_FILE_NAME
         if not torchscript.is_file():
-            raise EdgeStoreError(f"{path}: a model folder must hold {MODEL_FILE_NAME} (and may hold {ONNX_FILE_NAME})")
-        return torchscript, onnx if onnx.is_file() else None
+            raise EdgeStoreError(f"{path}: a model folder must hold {MODEL_FILE_NAME} (and may hold {', '.join(ONNX_FILE_NAMES)})")
+        return torchscript, [path / name for name in ONNX_FILE_NAMES if (path / name).is_file()]
     raise EdgeStoreError(f"{path}: no such model file or folder")
 
 
@@ -697,14 +700,14 @@ class EdgeStore:
     def install_model(self, path) -> str:
         """Install an exported model as ``models/<version>/`` and make it the active one; returns the version.
 
-        ``path`` is a TorchScript file, or a folder with ``model.ts`` and optionally ``model.onnx`` (the bundle's
-        ``models/`` folder); the app serves the ONNX export on a CPU where there is one (see
-        ``operators.model.resolve_model_file``).  The version is the ``"version"`` in the TorchScript's embedded
-        ``metadata.json``, and an ONNX export must carry the same.  Installing a version that is already installed
+        ``path`` is a TorchScript file, or a folder with ``model.ts`` and optionally ``model.onnx`` and
+        ``model_int8.onnx`` (the bundle's ``models/`` folder); the app serves an ONNX export on a CPU where there
+        is one (see ``operators.model.resolve_model_file``).  The version is the ``"version"`` in the
+        TorchScript's embedded ``metadata.json``, and each ONNX export must load and carry the same.  Installing a version that is already installed
         with the same files just makes it active again; the same version with other files is refused (a version
         must name one model).
         """
-        torchscript, onnx = model_exports(path)
+        torchscript, onnx_files = model_exports(path)
         metadata = read_model_metadata(torchscript)
         version = str(metadata.get("version") or "")
         if not _VERSION_PATTERN.fullmatch(version):
@@ -712,15 +715,13 @@ class EdgeStore:
                 f"{torchscript}: metadata.json 'version' {metadata.get('version')!r} is missing or not a plain version "
                 "string (letters, digits, '.', '_', '+', '-'; at most 64)"
             )
-        onnx_version = read_onnx_version(onnx) if onnx is not None else version
-        if onnx_version != version:
-            raise EdgeStoreError(f"{onnx}: version {onnx_version!r} differs from {torchscript}'s {version!r}")
+        for onnx in onnx_files:
+            onnx_version = read_onnx_version(onnx)
+            if onnx_version != version:
+                raise EdgeStoreError(f"{onnx}: version {onnx_version!r} differs from {torchscript}'s {version!r}")
         name = str(metadata.get("name") or torchscript.stem)[:64]
-        data = torchscript.read_bytes()
-        onnx_data = onnx.read_bytes() if onnx is not None else None
-        contents = {MODEL_FILE_NAME: hashlib.sha256(data).hexdigest()}
-        if onnx_data is not None:
-            contents[ONNX_FILE_NAME] = hashlib.sha256(onnx_data).hexdigest()
+        files = {MODEL_FILE_NAME: torchscript.read_bytes(), **{onnx.name: onnx.read_bytes() for onnx in onnx_files}}
+        contents = {file_name: hashlib.sha256(file_data).hexdigest() for file_name, file_data in files.items()}
         folder = self.root / MODELS_FOLDER / version
         relpath = f"{MODELS_FOLDER}/{version}/"
         with self._write_transaction() as db:
@@ -734,20 +735,19 @@ class EdgeStore:
                     )
             else:
                 folder.mkdir(exist_ok=True)
-                for file_name, file_data in ((MODEL_FILE_NAME, data), (ONNX_FILE_NAME, onnx_data)):
-                    if file_data is not None:
-                        self._files_written.append(folder / file_name)
-                        _write_durably(folder / file_name, file_data)
+                for file_name, file_data in files.items():
+                    self._files_written.append(folder / file_name)
+                    _write_durably(folder / file_name, file_data)
                 _fsync_folder(folder)
                 _fsync_folder(folder.parent)
                 db.execute(
                     "INSERT INTO models (version, name, relpath, sha256, installed_at) VALUES (?, ?, ?, ?, ?)",
                     (version, name, relpath + MODEL_FILE_NAME, contents[MODEL_FILE_NAME], _now()),
                 )
-                if onnx_data is not None:
+                for file_name in files.keys() - {MODEL_FILE_NAME}:
                     db.execute(
                         "INSERT INTO model_exports (version, relpath, sha256) VALUES (?, ?, ?)",
-                        (version, relpath + ONNX_FILE_NAME, contents[ONNX_FILE_NAME]),
+                        (version, relpath + file_name, contents[file_name]),
                     )
                 db.execute("INSERT INTO model_events (action, version, at) VALUES ('install', ?, ?)", (version, _now()))
             top = db.execute("SELECT version FROM model_stack ORDER BY position DESC LIMIT 1").fetchone()

@@ -1,18 +1,58 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
-"""Post-processing transforms of the bundle, thin dictionary wrappers over ``networks.preprocessing``."""
+"""The bundle's own transforms: a colour augmentation MONAI lacks, and the post-processing wrapper over
+``networks.preprocessing``."""
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Hashable, Mapping
 
 import torch
 
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, RandomizableTransform
 
 from networks.preprocessing import logits_to_probability
 
-__all__ = ["LogitsToOriginalSized"]
+__all__ = ["RandHueSaturationd", "LogitsToOriginalSized"]
+
+# RGB <-> YIQ (NTSC): Y is luma, (I, Q) the chroma plane, where a rotation shifts hue and a scaling saturation
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+class RandHueSaturationd(RandomizableTransform, MapTransform):
+    """Shift the hue and scale the saturation of ``(3, H, W)`` RGB images in [0, 1], one 3x3 colour matrix each.
+
+    Dermoscopes and cameras differ in white balance and colour rendering; MONAI's intensity transforms act on
+    values, not on hue.  The hue turns by up to ``hue`` of a full circle either way and the saturation scales
+    by a factor in ``[1 - saturation, 1 + saturation]``, luma unchanged; the result is clipped to [0, 1].
+    """
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.5, hue: float = 0.05, saturation: float = 0.3, allow_missing_keys: bool = False):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.hue, self.saturation = float(hue), float(saturation)
+        self._matrix = torch.eye(3)
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        angle = self.R.uniform(-self.hue, self.hue) * 2.0 * math.pi
+        scale = self.R.uniform(1.0 - self.saturation, 1.0 + self.saturation)
+        c, s = math.cos(angle) * scale, math.sin(angle) * scale
+        chroma = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+        self._matrix = _YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key])
+            matrix = self._matrix.to(image.device, image.dtype)
+            d[key] = torch.einsum("ij,jhw->ihw", matrix, image).clamp_(0.0, 1.0)
+        return d
 
 
 class LogitsToOriginalSized(MapTransform):

@@ -1,0 +1,155 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""The shipped model's recipe (``train_recipe.json`` over ``train.json``) and its parts: bf16 autocast with
+channels_last on the CPU, warm-up + cosine per iteration, the EMA that is validated and kept, progressive
+resizing as one resumable schedule, the colour augmentation, and the threshold picked on validation and folded
+into the weights."""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from _bundle_helpers import BUNDLE_ROOT, PYTHON, cli_args, config_workflow, copy_bundle, run_cli, torch_threads, train_overrides
+
+sys.path.insert(0, str(BUNDLE_ROOT))
+
+from networks import RIBCUNet  # noqa: E402
+from networks.preprocessing import clean_mask  # noqa: E402
+from scripts.recipe import MixedPrecision, ProgressiveResize, WarmupCosine  # noqa: E402
+from scripts.transforms import RandHueSaturationd  # noqa: E402
+from scripts.tune_threshold import fold_threshold  # noqa: E402
+
+RECIPE = ["train.json", "train_recipe.json"]
+SCHEDULE = [[1, [16, 16]], [2, [32, 32]]]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
+
+
+def _small_net() -> RIBCUNet:
+    torch.manual_seed(0)
+    return RIBCUNet(channels=(4, 8, 16, 32, 64))
+
+
+def test_bf16_autocast_runs_on_the_cpu_and_returns_float32():
+    net = _small_net().to(memory_format=torch.channels_last)
+    seen = []
+    net.head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    x = torch.rand(2, 3, 32, 32)
+    y = MixedPrecision(net, "bf16", channels_last=True)(x)
+    assert seen == [torch.bfloat16] and y.dtype == torch.float32
+    y.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters() if p.requires_grad)
+    with torch.no_grad():
+        reference = MixedPrecision(net.eval(), "fp32")(x)
+        assert seen[-1] == torch.float32
+        assert torch.allclose(MixedPrecision(net, "bf16")(x), reference, atol=0.1 * float(reference.abs().max()) + 1e-3)
+    with pytest.raises(ValueError, match="precision"):
+        MixedPrecision(net, "int4")
+
+
+def test_warmup_then_cosine():
+    f = WarmupCosine(total_steps=100, warmup_steps=10, start_factor=0.1, final_factor=0.01)
+    assert f(0) == pytest.approx(0.1) and f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert f(100) == pytest.approx(0.01) and f(500) == pytest.approx(0.01)
+    after = [f(s) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+    with pytest.raises(ValueError):
+        WarmupCosine(total_steps=10, warmup_steps=10)
+
+
+def test_progressive_resize_follows_the_epoch():
+    resize = ProgressiveResize([[1, [16, 16]], [3, [32, 32]]])
+    assert [resize.size_at(e) for e in (1, 2, 3, 9)] == [(16, 16), (16, 16), (32, 32), (32, 32)]
+    label = torch.zeros(2, 1, 32, 32)
+    label[:, :, 8:24, 8:24] = 1
+    image, small = resize({"image": torch.rand(2, 3, 32, 32), "label": label})
+    assert image.shape == (2, 3, 16, 16) and small.shape == (2, 1, 16, 16)
+    assert set(small.unique().tolist()) == {0.0, 1.0} and small.sum() == 2 * 8 * 8
+    resize.size = (32, 32)
+    assert resize({"image": torch.ones(1, 3, 32, 32), "label": label[:1]})[1] is not None
+    with pytest.raises(ValueError, match="epoch 1"):
+        ProgressiveResize([[2, [16, 16]]])
+
+
+def test_hue_saturation_keeps_luma_and_can_be_the_identity():
+    image = torch.rand(3, 8, 8) * 0.5 + 0.25  # away from the clipping range
+    identity = RandHueSaturationd("image", prob=1.0, hue=0.0, saturation=0.0)
+    assert torch.allclose(identity({"image": image})["image"], image, atol=1e-5)
+    jitter = RandHueSaturationd("image", prob=1.0, hue=0.1, saturation=0.2)
+    jitter.set_random_state(0)
+    out = jitter({"image": image})["image"]
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    assert not torch.allclose(out, image, atol=1e-3)
+    assert torch.allclose(torch.einsum("c,chw->hw", luma, out), torch.einsum("c,chw->hw", luma, image), atol=1e-4)
+
+
+def test_a_folded_threshold_moves_the_zero_crossing():
+    net = _small_net().eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        net.head.weight.mul_(40.0)  # spread the random network's logits over both thresholds
+        net.head.bias.sub_(float(net(x).median()) - 0.4)
+        probability = torch.sigmoid(net(x))
+        folded = _small_net().eval()
+        folded.load_state_dict(fold_threshold(net.state_dict(), 0.3))
+        logits = folded(x)
+    assert torch.equal(logits > 0, probability > 0.3) and not torch.equal(logits > 0, probability > 0.5)
+
+
+def test_clean_mask():
+    mask = np.zeros((20, 20), bool)
+    mask[2:12, 2:12] = True
+    mask[5:7, 5:7] = False  # a hole
+    mask[15:17, 15:17] = True  # a speck
+    assert clean_mask(mask, "none").sum() == mask.sum()
+    assert clean_mask(mask, "largest").sum() == 100 - 4
+    assert clean_mask(mask, "fill_holes").sum() == 100 + 4
+    assert clean_mask(mask, "largest+fill_holes").sum() == 100
+    with pytest.raises(ValueError):
+        clean_mask(mask, "dilate")
+
+
+def _log(bundle):
+    with open(bundle / "eval" / "train_log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_recipe_trains_resumes_and_keeps_the_ema(tmp_path):
+    """Two epochs (16 px, then 32 px) in process, then a third from the command line: one schedule."""
+    bundle = copy_bundle(tmp_path / "bundle")
+    overrides = train_overrides(bundle, train_sizes=SCHEDULE, ema_decay=0.5)
+    workflow = config_workflow(bundle, RECIPE, "train", **overrides)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    workflow.run()
+    workflow.finalize()
+
+    checkpoint = torch.load(bundle / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert {"model", "ema", "optimizer", "lr_scheduler"} <= set(checkpoint)
+    steps = checkpoint["trainer"]["iteration"]
+    assert int(checkpoint["ema"]["n_averaged"]) == steps == checkpoint["lr_scheduler"]["last_epoch"]  # per iteration
+    ema_weights = {k[len("module."):]: v for k, v in checkpoint["ema"].items() if k.startswith("module.")}
+    best = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    if checkpoint["best_model_saver"]["best_epoch"] == 2:  # model.pt is the EMA, not the raw weights
+        assert all(torch.equal(best[k], ema_weights[k]) for k in best)
+        assert any(not torch.equal(best[k], checkpoint["model"][k]) for k in best if best[k].is_floating_point())
+
+    proc = run_cli([PYTHON, "-m", "monai.bundle", "run", "--config_file", repr([str(bundle / "configs" / c) for c in RECIPE]),
+                    *cli_args({**overrides, "epochs": 3})], cwd=tmp_path)
+    assert "checkpoint_epoch=2.pt" in proc.stdout + proc.stderr
+    rows = _log(bundle)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    resumed = torch.load(bundle / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
+    assert int(resumed["ema"]["n_averaged"]) == resumed["trainer"]["iteration"] == 3 * resumed["trainer"]["epoch_length"]
+    assert all(math.isfinite(float(r["val_mean_jaccard"])) for r in rows)
