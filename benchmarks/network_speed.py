@@ -5,8 +5,10 @@
 Every network is measured in the same run, with ``torch.get_num_threads()`` = the machine's cores, after a
 warm-up pass; the median of ``--repeats`` timed passes is reported.  Achieved GFLOP/s is set against this
 machine's own float32 matrix-multiply peak measured at the start of the run (the physical limit here), so the
-ratios mean the same on any machine.  Inference runs in both forms the app serves: ONNX Runtime (its CPU path)
-and frozen TorchScript (its GPU path's format), each network exported the same way.
+ratios mean the same on any machine (information only: wall-clock time is what the edge box feels).
+Inference runs in the forms the app serves: ONNX Runtime with the int8 model (its CPU default), with the float
+model, and frozen TorchScript (its GPU path's format), each network exported and quantized the way the bundle
+does it (``scripts/export_onnx.py``, ``scripts/quantize_onnx.py``; calibrated here on the shipped ISIC sample).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -23,6 +28,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from network_size import COMPACT_WIDTH, PAPER_WIDTH, SHIPPED_WIDTH, ribcunet
 from monai.networks.nets import AttentionUnet, BasicUNet, UNet
 from networks.export import export_onnx
+from networks.preprocessing import read_rgb, rgb_to_model_input
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training_bundle"))
+from scripts.quantize_onnx import quantize_static_int8  # noqa: E402
+
+CALIBRATION = sorted((REPO / "tests" / "data" / "isic_sample" / "ISIC2018_Task1-2_Training_Input").glob("*.jpg"))
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -47,11 +59,18 @@ def flops(net: torch.nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def onnx_session(net: torch.nn.Module, example: torch.Tensor):
-    """The network in ONNX Runtime, exported as the bundle's ``export_onnx.py`` exports the shipped model."""
+def onnx_session(net: torch.nn.Module, example: torch.Tensor, int8: bool = False):
+    """The network in ONNX Runtime, exported as the bundle's ``export_onnx.py`` exports the shipped model, and
+    with ``int8`` quantized as ``quantize_onnx.py`` quantizes it."""
     import onnxruntime
 
     serialized = export_onnx(net, example_shape=tuple(example.shape))
+    if int8:
+        size = tuple(example.shape[-2:])
+        inputs = [rgb_to_model_input(read_rgb(p), size)[None].numpy() for p in CALIBRATION]
+        with tempfile.TemporaryDirectory() as work:
+            Path(work, "float.onnx").write_bytes(serialized)
+            serialized = quantize_static_int8(str(Path(work, "float.onnx")), inputs).SerializeToString()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -66,6 +85,7 @@ def measure(name: str, build: Callable[[], torch.nn.Module], size: int, repeats:
     gflop1 = flops(net, x1) / 1e9
     scripted = torch.jit.freeze(torch.jit.script(net))
     session = onnx_session(net, x1)
+    int8_session = onnx_session(net, x1, int8=True)
     row: Dict[str, float] = {"params_m": sum(p.numel() for p in net.parameters()) / 1e6, "gflop": gflop1}
     with torch.inference_mode():
         row["ms_b1"] = 1e3 * median_seconds(lambda: scripted(x1), repeats)
@@ -73,6 +93,7 @@ def measure(name: str, build: Callable[[], torch.nn.Module], size: int, repeats:
     a1, a8 = x1.numpy(), x8.numpy()
     row["ort_ms_b1"] = 1e3 * median_seconds(lambda: session.run(None, {"image": a1}), repeats)
     row["ort_ms_b8"] = 1e3 * median_seconds(lambda: session.run(None, {"image": a8}), max(1, repeats // 2))
+    row["int8_ms_b1"] = 1e3 * median_seconds(lambda: int8_session.run(None, {"image": a1}), repeats)
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     target = (torch.rand(8, 1, size, size) > 0.5).float()
@@ -119,8 +140,15 @@ def main() -> None:
     rows = [(name, measure(name, build, args.size, args.repeats)) for name, build in nets]
     base = dict(rows)["MONAI BasicUNet"]
 
-    print(f"\nCPU, {args.size}x{args.size} RGB; inference in ONNX Runtime (the app's CPU runtime) and frozen "
-          f"TorchScript; matmul peak {peak:.0f} GFLOP/s\n")
+    print(f"\nCPU, {args.size}x{args.size} RGB, batch 1; ONNX Runtime int8 (the app's CPU default), float, and "
+          f"frozen TorchScript\n")
+    print("| network | ORT int8 ms | ORT float ms | TorchScript ms | int8 vs float | int8 vs BasicUNet int8 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in rows:
+        print(f"| {name} | {r['int8_ms_b1']:.0f} | {r['ort_ms_b1']:.0f} | {r['ms_b1']:.0f} | "
+              f"{r['int8_ms_b1'] / r['ort_ms_b1']:.2f}x | {r['int8_ms_b1'] / base['int8_ms_b1']:.2f}x |")
+    print(f"\nCPU, {args.size}x{args.size} RGB; float inference in ONNX Runtime and frozen TorchScript; GFLOP/s "
+          f"for information, against this machine's matmul peak {peak:.0f} GFLOP/s\n")
     print("| network | params (M) | GFLOP/img | ORT ms b1 | ORT ms b1 vs BasicUNet | ORT img/s b8 | TorchScript ms b1 "
           "| TorchScript img/s b8 | ORT GFLOP/s b1 | ORT GFLOP/s b1 vs BasicUNet | TorchScript GFLOP/s b1 "
           "| ORT b8 % of matmul peak |")

@@ -31,7 +31,7 @@ from networks.export import ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT  # noqa: 
 from networks.preprocessing import read_rgb, rgb_to_model_input  # noqa: E402
 from operators.model import read_model_info  # noqa: E402
 
-__all__ = ["quantize_onnx", "calibration_inputs"]
+__all__ = ["quantize_onnx", "quantize_static_int8", "calibration_inputs"]
 
 INT8_PRECISION = "int8"
 
@@ -49,20 +49,12 @@ def _metadata(model) -> dict:
     return json.loads(props.get(ONNX_METADATA_KEY) or "{}")
 
 
-def quantize_onnx(onnx_file: str, filepath: str, dataset_dir: str, datalist_file: str, calibration_images: int = 64, seed: int = 0) -> dict:
-    """Write the int8 model to ``filepath`` (atomically); returns its embedded metadata."""
+def quantize_static_int8(onnx_file: str, inputs: Sequence[np.ndarray]):
+    """The float ONNX model quantized (QDQ, per-channel int8 weights, uint8 activations, ranges from
+    ``inputs``), as an ``onnx.ModelProto``; the float model's metadata is not carried over."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    float_model = onnx.load(onnx_file)
-    metadata = _metadata(float_model)
-    if not metadata:
-        raise ValueError(f"{onnx_file}: no embedded {ONNX_METADATA_KEY}; export it with scripts/export_onnx.py")
-    if metadata.get("precision") == INT8_PRECISION:
-        raise ValueError(f"{onnx_file} is already quantized")
-    size = read_model_info(json.dumps(metadata), "model").input_size
-    inputs = calibration_inputs(dataset_dir, datalist_file, calibration_images, size, seed)
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -80,7 +72,21 @@ def quantize_onnx(onnx_file: str, filepath: str, dataset_dir: str, datalist_file
             prepared, quantized, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
         )
-        model = onnx.load(quantized)
+        return onnx.load(quantized)
+
+
+def quantize_onnx(onnx_file: str, filepath: str, dataset_dir: str, datalist_file: str, calibration_images: int = 64, seed: int = 0) -> dict:
+    """Write the int8 model to ``filepath`` (atomically); returns its embedded metadata."""
+    import onnx
+
+    metadata = _metadata(onnx.load(onnx_file))
+    if not metadata:
+        raise ValueError(f"{onnx_file}: no embedded {ONNX_METADATA_KEY}; export it with scripts/export_onnx.py")
+    if metadata.get("precision") == INT8_PRECISION:
+        raise ValueError(f"{onnx_file} is already quantized")
+    size = read_model_info(json.dumps(metadata), "model").input_size
+    inputs = calibration_inputs(dataset_dir, datalist_file, calibration_images, size, seed)
+    model = quantize_static_int8(onnx_file, inputs)
     metadata = {
         **metadata,
         "precision": INT8_PRECISION,
