@@ -53,8 +53,8 @@ def apply_app_config_defaults(environ=None) -> dict:
 @dataclass(frozen=True)
 class AppSettings:
     confidence_threshold: float
-    edge_store: Optional[Path]  # DERMSEG_EDGE_STORE: the edge loop's sample store and review queue (issue 6)
-    send_to: Optional[str]  # DERMSEG_SEND_TO: where results go, a PACS AE or a STOW-RS URL (PACS issue)
+    edge_store: Optional[Path]  # DERMSEG_EDGE_STORE: the edge loop's sample store and review queue
+    send_to: Optional[str]  # DERMSEG_SEND_TO: where results go, a PACS AE or a STOW-RS URL
     batch_size: int
     write_probability_seg: bool
     flip_tta: bool  # DERMSEG_FLIP_TTA: segment the mirror image too, confidence x flip agreement (2x the compute)

@@ -1,9 +1,9 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
 """RIBCUNet: a U-Net with residual Inception blocks and bidirectional ConvGRU skip fusion.
 
-The method is the one of "skin lesion segmentation based on a residual Inception U-Net with bidirectional
-ConvGRU" (see ``SPEC.md`` section 3): the encoder's and decoder's double 3x3 convolutions become residual
-Inception blocks, and the plain concatenation of a skip connection with the upsampled feature becomes a
+The method is the one of "Residual Inception and Bidirectional ConvGRU Empowered Intelligent Segmentation for
+Skin Lesion" (see ``training_bundle/docs/README.md``, References): the encoder's and decoder's double 3x3
+convolutions become residual Inception blocks, and the plain concatenation of a skip connection with the upsampled feature becomes a
 bidirectional ConvGRU over the two-step sequence (skip, upsampled).  Two switches turn each idea off, so one
 class builds the paper's four ablation variants, the plain U-Net included.
 

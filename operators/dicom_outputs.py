@@ -96,7 +96,8 @@ def _segment(model: ModelInfo) -> hd.seg.SegmentDescription:
 
 def _pixel_measures(source: Dataset) -> Optional[hd.PixelMeasuresSequence]:
     # segread cannot read back a SEG of a source with PixelSpacing unless the SEG has pixel measures with a
-    # slice thickness (SPEC 5); a photograph has no thickness, 1 mm is a placeholder every reader accepts.
+    # slice thickness (dicom3tools' segread, checked); a photograph has no thickness, 1 mm is a placeholder every
+    # reader accepts.
     spacing = pixel_spacing_mm(source)
     return None if spacing is None else hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=1.0)
 

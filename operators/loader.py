@@ -65,7 +65,8 @@ MAX_PIXELS = 50_000_000
 # No file is read whole beyond this: uncompressed 8-bit RGB at MAX_PIXELS is 150 MB.
 MAX_FILE_BYTES = 4 * MAX_PIXELS
 
-# The attributes highdicom needs on every source image (empty values are fine): SPEC 5.
+# The attributes highdicom needs on every source image (empty values are fine): it copies them into each SEG
+# and SR, where they are Type 2 (present, possibly empty), and refuses a source without them.
 _TYPE2_ATTRIBUTES = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",

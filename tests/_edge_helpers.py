@@ -58,7 +58,7 @@ def write_dms(path: Path, rgb: np.ndarray, index: int):
     ds.SOPClassUID, ds.SOPInstanceUID = DERMOSCOPIC_PHOTOGRAPHY_STORAGE, sop
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.Modality = "DMS"
-    # SPEC 5: highdicom needs these on a SEG's source (empty values are fine)
+    # highdicom needs these on a SEG's source (empty values are fine)
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Edge", f"EDGE{index}", "", ""
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", ""
     ds.SeriesNumber, ds.InstanceNumber = 1, 1

@@ -1,4 +1,5 @@
-"""Tests of networks.RIBCUNet and its blocks against the maths of SPEC section 3."""
+"""Tests of networks.RIBCUNet and its blocks against the maths of the method (residual Inception blocks,
+bidirectional ConvGRU skip fusion), as ``networks/ribcunet.py`` states it."""
 
 import io
 

@@ -17,7 +17,7 @@ __all__ = ["EdgeStoreOperator"]
 
 class EdgeStoreOperator(CaseStepOperator):
     """Records each written case in the edge store: ``accepted`` ones as training samples, ``review`` ones in
-    the review queue with their proposed SEG and overlay (SPEC 2).
+    the review queue with their proposed SEG and overlay.
 
     The store copies what it keeps (OUT may be cleaned later) and ignores a source it already holds, so a
     re-run on the same input adds nothing twice.  A case the store refuses becomes an error entry in

@@ -1,7 +1,7 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
 """Segmentation scores of binary lesion masks, per image and over a test set.
 
-Published ISIC numbers mix metrics (SPEC 4), so every one is computed here from the same confusion counts:
+Published ISIC numbers mix metrics (mean or pooled Jaccard, with or without the challenge's 0.65 cut-off), so every one is computed here from the same confusion counts:
 
 - per image: Jaccard, Dice, pixel accuracy, sensitivity, specificity and the ISIC thresholded Jaccard
   (``J if J >= 0.65 else 0``);
