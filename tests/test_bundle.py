@@ -275,3 +275,37 @@ def test_shipped_metadata_tells_the_truth():
     assert list(MODEL_INPUT_SIZE) == image["spatial_shape"]
     for name in ("train.json", "evaluate.json", "inference.json"):
         assert json.loads((BUNDLE_ROOT / "configs" / name).read_text())["image_size"] == image["spatial_shape"], name
+
+
+def _evaluate(bundle: Path, out: Path, **overrides) -> dict:
+    workflow = config_workflow(bundle, ["evaluate.json"], "infer", **sample_overrides(bundle, output_dir=str(out), report=False, **overrides))
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_int8_export_and_scoring_exports_as_the_app_serves_them(trained_bundle, tmp_path):
+    """quantize_onnx.py makes the int8 model from the ONNX export; evaluate.json scores either export through
+    ONNX Runtime, and the float export scores what model.pt scores."""
+    import onnxruntime
+
+    bundle = copy_bundle(tmp_path / "bundle")
+    shutil.copy(trained_bundle / "models" / "model.pt", bundle / "models" / "model.pt")
+    run_cli([PYTHON, bundle / "scripts" / "export_onnx.py", "--bundle_root", bundle], cwd=tmp_path)
+    proc = run_cli([PYTHON, bundle / "scripts" / "quantize_onnx.py", "--bundle_root", bundle, "--dataset_dir", SAMPLE_DIR,
+                    "--datalist_file", SAMPLE_DATALIST, "--calibration_images", 4], cwd=tmp_path)
+    assert "calibrated on 4 training images" in proc.stdout
+    int8 = bundle / "models" / "model_int8.onnx"
+    embedded = json.loads(onnxruntime.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map["metadata.json"])
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert embedded["precision"] == "int8" and embedded["version"] == metadata["version"]
+    assert embedded["network_data_format"] == metadata["network_data_format"]
+
+    size = metadata["network_data_format"]["inputs"]["image"]["spatial_shape"]
+    weights = _evaluate(bundle, tmp_path / "pt", image_size=size)
+    exported = _evaluate(bundle, tmp_path / "onnx", image_size=size, onnx_file=str(bundle / "models" / "model.onnx"))
+    quantized = _evaluate(bundle, tmp_path / "int8", image_size=size, onnx_file=str(int8))
+    assert exported["checkpoint"].endswith("model.onnx") and quantized["checkpoint"].endswith("model_int8.onnx")
+    assert exported["metrics"]["mean_jaccard"] == pytest.approx(weights["metrics"]["mean_jaccard"], abs=1e-3)
+    assert quantized["metrics"]["num_images"] == weights["metrics"]["num_images"] == 3

@@ -7,6 +7,7 @@ into the weights."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 import sys
@@ -153,3 +154,17 @@ def test_the_recipe_trains_resumes_and_keeps_the_ema(tmp_path):
     resumed = torch.load(bundle / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
     assert int(resumed["ema"]["n_averaged"]) == resumed["trainer"]["iteration"] == 3 * resumed["trainer"]["epoch_length"]
     assert all(math.isfinite(float(r["val_mean_jaccard"])) for r in rows)
+
+    # the threshold is picked on the validation split and folded into the weights
+    data = {k: str(v) for k, v in overrides.items() if k in ("dataset_dir", "datalist_file")}
+    folded_file = tmp_path / "folded.pt"
+    proc = run_cli([PYTHON, bundle / "scripts" / "tune_threshold.py", "--bundle_root", bundle, "--ckpt_file", bundle / "models" / "model.pt",
+                    "--fold", folded_file, "--thresholds", "0.4", "0.5", "0.6", "--override",
+                    *[f"{k}={v}" for k, v in data.items()], "image_size=[32,32]"], cwd=tmp_path)
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| 0.")]
+    assert len(table) == 3 * 4  # thresholds x clean-ups
+    chosen = json.loads(proc.stdout.splitlines()[-2])["best_threshold"]
+    weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    folded = torch.load(folded_file, weights_only=True)
+    shift = math.log(chosen / (1 - chosen))
+    assert torch.allclose(folded["head.bias"], weights["head.bias"] - shift)

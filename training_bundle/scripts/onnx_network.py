@@ -17,7 +17,10 @@ class OnnxRuntimeNetwork(torch.nn.Module):
 
     def __init__(self, onnx_file: str) -> None:
         super().__init__()
-        self.model = OnnxRuntimeModel(resolve_model_file(onnx_file, kind="onnx"), torch.device("cpu"))
+        path = resolve_model_file(onnx_file)
+        if path.suffix.lower() != ".onnx":
+            raise ValueError(f"{onnx_file}: not an ONNX model")
+        self.model = OnnxRuntimeModel(path, torch.device("cpu"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).to(x.device)
