@@ -1,7 +1,7 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
 """Helpers for the app and operator tests: a tiny TorchScript model and DICOM/photo inputs from real ISIC images.
 
-Not a conftest.py (other test modules of the project have their own); import what you need.
+Import what you need; the fixtures built from them are in ``conftest.py``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ from _app_helpers import (
     dciodvfy_errors,
     isic_rgb,
     export_onnx_like_the_bundle,
-    make_tiny_model,
     non_photo_dicom,
     photo_dataset,
     read_results,
@@ -36,11 +35,6 @@ from _app_helpers import (
 
 SAMPLE_INPUT = SAMPLES / "input"
 RESULT_KEYS = {"source_file", "source_sop_instance_uid", "status", "error", "confidence", "route", "outputs"}
-
-
-@pytest.fixture(scope="module")
-def tiny_model_path(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.ts")
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,12 @@ from pathlib import Path
 
 import PIL.Image
 import pydicom
-import pytest
 
-from _app_helpers import DATA_512, PYTHON, REPO, isic_rgb, make_tiny_model, photo_dataset, read_results, run_app, save_dicom
+from _app_helpers import DATA_512, PYTHON, REPO, isic_rgb, photo_dataset, read_results, run_app, save_dicom
 from _bad_input_helpers import partial_files
 
 N_CASES = 30
 CASE_OUTPUTS = {"seg", "seg_probability", "sr", "overlay_png", "overlay_sc"}
-
-
-@pytest.fixture(scope="module")
-def tiny_model_path(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.ts")
 
 
 def _inputs(folder: Path) -> list:

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 import torch
 
-from _app_helpers import PYTHON, REPO, make_tiny_model, read_results
+from _app_helpers import PYTHON, REPO, read_results
 from _bad_input_helpers import (
     SECRETS,
     UNREADABLE,
@@ -53,11 +53,6 @@ def run_app_as_user(input_path: Path, output_path: Path, model_path: Path, env: 
                "-i", str(input_path), "-o", str(output_path), "-m", str(model_path)]
     return subprocess.run(command, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def tiny_model_path(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.ts")
 
 
 @pytest.fixture(scope="module")

@@ -51,18 +51,12 @@ from _app_helpers import (
     isic_rgb,
     export_onnx_like_the_bundle,
     quantize_like_the_bundle,
-    make_tiny_model,
     photo_dataset,
     run_operator_alone,
     save_dicom,
 )
 
 MODEL_INFO = ModelInfo(TINY_MODEL_METADATA["name"], TINY_MODEL_METADATA["version"])
-
-
-@pytest.fixture(scope="module")
-def tiny_model_path(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.ts")
 
 
 @pytest.fixture(scope="module")
