@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import PIL.Image
@@ -26,8 +26,9 @@ from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 
 from .metrics import PER_IMAGE_METRICS, confusion_counts, image_scores, summarise
+from .outputs import read_training_log, segmentation_filename
 
-__all__ = ["BestModelSaver", "TrainingLog", "PredictionWriter", "SegmentationScorer", "segmentation_filename"]
+__all__ = ["BestModelSaver", "TrainingLog", "PredictionWriter", "SegmentationScorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,22 +186,6 @@ def _scalar(value: Any) -> Optional[float]:
     if isinstance(value, (int, float, np.floating, np.integer)):
         return float(value)
     return None
-
-
-def read_training_log(filepath: str) -> List[Dict[str, Any]]:
-    """Rows of a ``train_log.csv`` with numbers parsed; empty when the file does not exist."""
-    if not os.path.isfile(filepath):
-        return []
-    with open(filepath, newline="") as f:
-        rows = [{k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items()} for r in csv.DictReader(f)]
-    for r in rows:
-        r["epoch"] = int(r["epoch"])
-    return rows
-
-
-def segmentation_filename(image_path: str, suffix: str = "segmentation") -> str:
-    """``.../ISIC_0000000.jpg`` -> ``ISIC_0000000_segmentation.png``, the name the ISIC scorer expects."""
-    return f"{Path(str(image_path)).stem}_{suffix}.png"
 
 
 def _as_numpy_2d(value: Any) -> np.ndarray:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from networks.preprocessing import read_mask, read_rgb
 
-from .handlers import read_training_log, segmentation_filename
+from .outputs import read_training_log, segmentation_filename
 
 __all__ = ["write_report", "plot_training_curves", "plot_examples"]
 
