@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -38,6 +37,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from networks.durable import atomic_write_bytes
 
 __all__ = [
     "DicomObject",
@@ -371,32 +372,13 @@ def _record(previous: Optional[dict], obj: DicomObject, target: Target, outcome:
     }
 
 
-def _write_json_atomically(path: Path, document: dict) -> None:
-    """Write to a temporary file beside ``path``, then rename: a reader never sees half a file."""
-    data = json.dumps(document, indent=2).encode("utf-8")
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        try:  # keep the mode results.json had (mkstemp creates 0600)
-            os.chmod(temporary, path.stat().st_mode & 0o7777)
-        except FileNotFoundError:
-            os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _save_transfers(out_dir: Path, records: Dict[Tuple[str, str], dict]) -> None:
     """Merge ``records`` into results.json's ``transfers``, re-reading the file so nothing else in it is lost."""
     document = read_results(out_dir)
     merged = {(r.get("path"), r.get("target")): r for r in document.get("transfers", []) if isinstance(r, dict)}
     merged.update(records)
     document["transfers"] = list(merged.values())
-    _write_json_atomically(Path(out_dir) / RESULTS_FILE, document)
+    atomic_write_bytes(Path(out_dir) / RESULTS_FILE, json.dumps(document, indent=2).encode("utf-8"))
 
 
 class _OutputFolderLock:

@@ -15,6 +15,8 @@ from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
+from .durable import atomic_write_bytes
+
 __all__ = ["export_onnx", "ONNX_INPUT", "ONNX_OUTPUT", "ONNX_METADATA_KEY"]
 
 ONNX_INPUT = "image"
@@ -60,10 +62,6 @@ def export_onnx(
             entry.key, entry.value = key, str(value)
         onnx.checker.check_model(model)
         serialized = model.SerializeToString()
-    if target is not None:
-        # write beside and rename, so an interrupted export never leaves a half-written model where the app looks
-        partial = f"{os.fspath(target)}.partial"
-        with open(partial, "wb") as f:
-            f.write(serialized)
-        os.replace(partial, target)
+    if target is not None:  # an interrupted export never leaves a half-written model where the app looks
+        atomic_write_bytes(target, serialized)
     return serialized

@@ -8,15 +8,14 @@ writer records it: one bad file never stops the others.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from networks.durable import atomic_write_bytes, atomic_write_with, is_partial_name
 from networks.preprocessing import MODEL_INPUT_SIZE
 
 __all__ = [
@@ -125,51 +124,18 @@ def case_output_dir(output_root: Path, case: Case) -> Path:
     return folder
 
 
-def atomic_write_with(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary name in ``path``'s folder, then rename it into place.
-
-    A reader (or a re-run after a crash) sees either the old file or the complete new one, never a partial one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _is_partial_name(name: str) -> bool:
-    return name.startswith(".") and name.endswith(".part")  # what atomic_write_with names its temporary files
-
-
 def remove_partial_files(output_root: Path) -> int:
     """Remove the temporary files a killed run left behind in OUT and its case folders; returns how many.
 
     Only names :func:`atomic_write_with` makes (``.<name>.<random>.part``) are touched, and only in OUT and
-    ``OUT/<uid>/``: a run killed between ``mkstemp`` and ``os.replace`` leaves one behind.
+    ``OUT/<uid>/``: a run killed mid-write leaves one behind.
     """
     removed = 0
     output_root = Path(output_root)
     folders = [output_root] + [p for p in output_root.iterdir() if p.is_dir() and not p.is_symlink()]
     for folder in folders:
         for path in folder.iterdir():
-            if _is_partial_name(path.name) and path.is_file() and not path.is_symlink():
+            if is_partial_name(path.name) and path.is_file() and not path.is_symlink():
                 path.unlink(missing_ok=True)
                 removed += 1
     return removed
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    atomic_write_with(path, write)

@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import re
-import secrets
 import shutil
 import sqlite3
 import threading
@@ -43,6 +42,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import PIL.Image
+
+from networks.durable import atomic_write_bytes, partial_name
 
 __all__ = [
     "EdgeStore",
@@ -174,20 +175,6 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name beside ``path``, fsync it, and rename it into place.
-
-    The caller holds the store's write lock and fsyncs the folder afterwards.  A leftover temporary file (the
-    process was killed) is removed by the recovery sweep: it is referenced by no row.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    with open(tmp, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_model_metadata(path) -> dict:
@@ -523,7 +510,7 @@ class EdgeStore:
         for kind, data in payload.items():
             path = case_folder / FILE_NAMES[kind]
             self._files_written.append(path)
-            _write_durably(path, data)
+            atomic_write_bytes(path, data)
             db.execute(
                 "INSERT INTO files (sop_instance_uid, kind, relpath, sha256, size) VALUES (?, ?, ?, ?, ?)",
                 (sop_instance_uid, kind, path.relative_to(self.root).as_posix(), hashlib.sha256(data).hexdigest(), len(data)),
@@ -648,7 +635,7 @@ class EdgeStore:
         }
         path = Path(path).absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_durably(path, (json.dumps(datalist, indent=1) + "\n").encode())
+        atomic_write_bytes(path, (json.dumps(datalist, indent=1) + "\n").encode())
         return datalist
 
     def export_review(self, out_folder) -> dict:
@@ -665,7 +652,7 @@ class EdgeStore:
         if out_folder.exists() and (not out_folder.is_dir() or any(out_folder.iterdir())):
             raise EdgeStoreError(f"{out_folder} exists and is not an empty folder; choose a new one")
         out_folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = out_folder.with_name(f".{out_folder.name}.{secrets.token_hex(4)}.part")
+        staging = partial_name(out_folder)
         try:
             manifest = build_review_package(self.cases((ROUTE_REVIEW,)), staging, self.active_model_version())
             if out_folder.exists():
@@ -737,7 +724,7 @@ class EdgeStore:
                 folder.mkdir(exist_ok=True)
                 for file_name, file_data in files.items():
                     self._files_written.append(folder / file_name)
-                    _write_durably(folder / file_name, file_data)
+                    atomic_write_bytes(folder / file_name, file_data)
                 _fsync_folder(folder)
                 _fsync_folder(folder.parent)
                 db.execute(
@@ -785,7 +772,7 @@ class EdgeStore:
             return
         if link.is_symlink() and os.readlink(link) == version:
             return
-        tmp = link.with_name(f".{ACTIVE_LINK}.{secrets.token_hex(4)}.part")
+        tmp = partial_name(link)
         os.symlink(version, tmp)
         os.replace(tmp, link)
         _fsync_folder(link.parent)

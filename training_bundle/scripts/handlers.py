@@ -25,6 +25,8 @@ from ignite.engine import Engine, Events
 
 from monai.handlers import from_engine
 
+from networks.durable import atomic_write_with
+
 from .metrics import PER_IMAGE_METRICS, confusion_counts, image_scores, summarise
 from .outputs import read_training_log, segmentation_filename
 
@@ -36,14 +38,6 @@ logger = logging.getLogger(__name__)
 def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
     """The plain module inside DataParallel/DistributedDataParallel, so saved keys never start with ``module.``."""
     return network.module if isinstance(network, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else network
-
-
-def _atomic_torch_save(obj: Any, path: str) -> None:
-    """Write then rename, so an interrupted run never leaves a truncated ``model.pt`` behind."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _is_main_process() -> bool:
@@ -88,7 +82,10 @@ class BestModelSaver:
             return
         self.best_metric, self.best_epoch = self.sign * value, int(engine.state.epoch)
         if _is_main_process():
-            _atomic_torch_save(_unwrap(self.network).state_dict(), self.filepath)
+            # write then rename, so an interrupted run never leaves a truncated model.pt behind
+            Path(self.filepath).parent.mkdir(parents=True, exist_ok=True)
+            state = _unwrap(self.network).state_dict()
+            atomic_write_with(self.filepath, lambda tmp: torch.save(state, tmp))
             logger.info(f"epoch {self.best_epoch}: new best {name}={value:.4f}, saved {self.filepath}")
 
     def state_dict(self) -> Dict[str, float]:
@@ -165,12 +162,14 @@ class TrainingLog:
         for r in rows:
             fields += [k for k in r if k not in fields]
         Path(self.filepath).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{self.filepath}.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.filepath)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write_with(self.filepath, write)
 
 
 def _collective_device() -> torch.device:

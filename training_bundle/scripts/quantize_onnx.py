@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from networks.durable import atomic_write_bytes  # noqa: E402
 from networks.export import ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT  # noqa: E402
 from networks.preprocessing import read_rgb, rgb_to_model_input  # noqa: E402
 from operators.model import read_model_info  # noqa: E402
@@ -99,9 +100,7 @@ def quantize_onnx(onnx_file: str, filepath: str, dataset_dir: str, datalist_file
         entry.key, entry.value = key, str(value)
     onnx.checker.check_model(model)
     os.makedirs(os.path.dirname(os.path.abspath(filepath)), exist_ok=True)
-    partial = f"{filepath}.partial"
-    onnx.save(model, partial)
-    os.replace(partial, filepath)
+    atomic_write_bytes(filepath, model.SerializeToString())
     return metadata
 
 

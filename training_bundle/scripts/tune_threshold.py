@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from networks.durable import atomic_write_with  # noqa: E402
 from networks.preprocessing import CLEANUPS, clean_mask, logits_to_probability  # noqa: E402
 from scripts._config import load_config, parse_overrides  # noqa: E402
 from scripts.metrics import confusion_counts, image_scores  # noqa: E402
@@ -92,9 +93,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.fold:
         state = torch.load(args.ckpt_file, map_location="cpu", weights_only=True)
         os.makedirs(os.path.dirname(os.path.abspath(args.fold)), exist_ok=True)
-        partial = f"{args.fold}.partial"
-        torch.save(fold_threshold(state, plain["threshold"]), partial)
-        os.replace(partial, args.fold)
+        folded = fold_threshold(state, plain["threshold"])
+        atomic_write_with(args.fold, lambda tmp: torch.save(folded, tmp))
         print(f"wrote {args.fold} with threshold {plain['threshold']} folded into head.bias")
 
 
