@@ -114,8 +114,10 @@ class LesionSegmentationOperator(Operator):
         # Once per run, not per chunk: a model load costs more than a batch.
         self._model, self.model_info = load_model(self.model_path, self.device, self.precision)
         runtime = "ONNX Runtime" if isinstance(self._model, OnnxRuntimeModel) else "TorchScript"
-        runtime += f" {self.model_info.precision}"
-        self._logger.info("model %s version %s, %s on %s", self.model_info.name, self.model_info.version, runtime, self.device)
+        self._logger.info(
+            "model %s version %s, %s on %s, %s", self.model_info.name, self.model_info.version, runtime, self.device,
+            self.model_info.precision,
+        )
 
     def compute(self, op_input, op_output, context):
         cases: List[Case] = op_input.receive("cases")
