@@ -3,9 +3,9 @@
 
 The method is the one of "Residual Inception and Bidirectional ConvGRU Empowered Intelligent Segmentation for
 Skin Lesion" (see ``training_bundle/docs/README.md``, References): the encoder's and decoder's double 3x3
-convolutions become residual Inception blocks, and the plain concatenation of a skip connection with the upsampled feature becomes a
-bidirectional ConvGRU over the two-step sequence (skip, upsampled).  Two switches turn each idea off, so one
-class builds the paper's four ablation variants, the plain U-Net included.
+convolutions become residual Inception blocks, and the plain concatenation of a skip connection with the
+upsampled feature becomes a bidirectional ConvGRU over the two-step sequence (skip, upsampled).  Two switches
+turn each idea off, so one class builds the paper's four ablation variants, the plain U-Net included.
 
 Every block is written for ``spatial_dims`` 2 or 3 with MONAI's ``Conv``/``Pool``/``Norm`` factories, and the
 whole network scripts with ``torch.jit.script``.

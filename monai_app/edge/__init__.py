@@ -1,5 +1,6 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
-"""The edge loop of the paper's cloud-edge service: sample store, review queue, corrections, datalist for retraining, model updates.
+"""The edge loop of the paper's cloud-edge service: sample store, review queue, corrections, datalist for
+retraining, model updates.
 
 The app calls one method per written case when ``DERMSEG_EDGE_STORE=DIR`` is set::
 

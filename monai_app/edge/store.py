@@ -690,7 +690,8 @@ class EdgeStore:
         ``path`` is a TorchScript file, or a folder with ``model.ts`` and optionally ``model.onnx`` and
         ``model_int8.onnx`` (the bundle's ``models/`` folder); the app serves an ONNX export on a CPU where there
         is one (see ``operators.model.resolve_model_file``).  The version is the ``"version"`` in the
-        TorchScript's embedded ``metadata.json``, and each ONNX export must load and carry the same.  Installing a version that is already installed
+        TorchScript's embedded ``metadata.json``, and each ONNX export must load and carry the same.  Installing a
+        version that is already installed
         with the same files just makes it active again; the same version with other files is refused (a version
         must name one model).
         """
