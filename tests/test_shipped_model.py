@@ -1,4 +1,4 @@
-"""The model the app serves by default: its two exports are the same model, and the bundle's metadata names it."""
+"""The model the app serves by default: its exports are the same model, and the bundle's metadata names it."""
 
 import json
 
@@ -13,11 +13,22 @@ from monai_app.settings import DEFAULT_MODEL_PATH
 MODELS = REPO / "training_bundle" / "models"
 
 
-def test_the_default_model_is_the_bundles_export_served_by_onnx_runtime_on_cpu():
+def test_the_default_model_is_the_bundles_int8_export_served_by_onnx_runtime_on_cpu():
     metadata = json.loads((REPO / "training_bundle" / "configs" / "metadata.json").read_text())
     model, info = load_model(DEFAULT_MODEL_PATH)
     assert isinstance(model, OnnxRuntimeModel)
-    assert (info.name, info.version) == (metadata["name"], metadata["version"])
+    assert (info.name, info.version, info.precision) == (metadata["name"], metadata["version"], "int8")
+    assert load_model(DEFAULT_MODEL_PATH, precision="fp32")[1].precision == "fp32"
+
+
+def test_model_int8_is_model_onnx_quantized():
+    """A stale int8 model beside a re-exported float model would serve old weights: their masks must agree."""
+    float_model, float_info = load_model(MODELS / "model.onnx")
+    int8_model, int8_info = load_model(MODELS / "model_int8.onnx")
+    assert (int8_info.name, int8_info.version, int8_info.input_size) == (float_info.name, float_info.version, float_info.input_size)
+    inputs = torch.stack([rgb_to_model_input(isic_rgb(f"ISIC_000000{i}", None)) for i in range(3)])
+    agreement = ((float_model(inputs).numpy() > 0) == (int8_model(inputs).numpy() > 0)).mean()
+    assert agreement > 0.98
 
 
 def test_model_onnx_and_model_ts_are_the_same_weights():
