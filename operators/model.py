@@ -4,7 +4,8 @@
 The bundle exports the same weights three times: ``model.ts`` (TorchScript, ``ckpt_export``), ``model.onnx``
 (``scripts/export_onnx.py``) and ``model_int8.onnx`` (``scripts/quantize_onnx.py``, the ONNX model with int8
 weights and activations).  On the CPU, ONNX Runtime runs this network faster than TorchScript and needs no
-warm-up calls, and the int8 model faster still (``benchmarks/network_speed.py`` measures all three), so a folder
+warm-up calls, and the int8 model in 0.65x-1.0x of the float model's time (``benchmarks/network_speed.py``
+measures all three), so a folder
 is served with ONNX Runtime on the CPU (the int8 model where there is one, unless precision ``"fp32"`` is asked
 for) and with TorchScript on a GPU.  Either way the model is a callable from a float
 (N, 3, H, W) tensor to (N, 1, H, W) logits, at the input size ``(H, W)`` its embedded metadata states
