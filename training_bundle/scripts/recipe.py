@@ -41,7 +41,8 @@ class MixedPrecision(nn.Module):
 
     Args:
         network: the segmentation network, ``(B, C, H, W)`` to ``(B, 1, H, W)``.
-        precision: ``"bf16"``, ``"fp16"`` (CUDA) or ``"fp32"`` (no autocast).
+        precision: ``"bf16"`` (CPU or a recent GPU), ``"fp32"`` (no autocast) or ``"fp16"`` (inference only: fp16
+            training needs a gradient scaler, so train in fp16 with MONAI's ``amp`` and ``"fp32"`` here).
         channels_last: convert the input to channels_last (convert the network's weights once, beforehand).
     """
 
