@@ -13,12 +13,13 @@ shrinking, so the bundle's configs and the app's operator give bit-identical mod
 
 from __future__ import annotations
 
-from typing import Dict, Hashable, Mapping, Sequence, Tuple
+from typing import Dict, Hashable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from monai.config import KeysCollection
@@ -39,6 +40,9 @@ __all__ = [
     "PrepareRGB",
     "PrepareRGBd",
     "PrepareMaskd",
+    "COLOUR_CONSTANCY",
+    "ShadesOfGrey",
+    "colour_constancy_layer",
 ]
 
 MODEL_INPUT_SIZE: Tuple[int, int] = (256, 256)
@@ -197,3 +201,40 @@ class PrepareMaskd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = mask_to_model_target(d[key], self.size)
         return d
+
+
+COLOUR_CONSTANCY = ("none", "shades_of_grey")
+
+
+class ShadesOfGrey(nn.Module):
+    """Shades-of-grey colour constancy (Finlayson and Trezzi, 2004) as the network's first layer.
+
+    Each image's illuminant is estimated per channel as the Minkowski ``p``-norm mean of its pixels,
+    ``e_c = mean(x_c ** p) ** (1 / p)``, and each channel is divided by it, with ``e`` scaled to the norm of
+    a neutral grey ``(1, 1, 1)``.  A global cast from another dermoscope's light or a camera's white balance,
+    and the overall exposure, are removed before the first convolution; the output is clamped back to [0, 1].
+    It lives inside the exported graph, so every runtime that serves the model applies it too.
+
+    Shapes:
+        ``(B, C, *S)`` float in [0, 1] to the same; statistics per image and channel, in float32.
+    """
+
+    def __init__(self, p: float = 6.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = float(p)
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        dims: List[int] = list(range(2, x.ndim))
+        illuminant = x.pow(self.p).mean(dim=dims, keepdim=True).pow(1.0 / self.p)
+        # scaled so that its root mean square over the channels is 1, as for a neutral grey (1, 1, 1)
+        illuminant = illuminant * torch.rsqrt(illuminant.pow(2).mean(dim=1, keepdim=True) + self.eps)
+        return (x / (illuminant + self.eps)).clamp(0.0, 1.0)
+
+
+def colour_constancy_layer(name: str) -> nn.Module:
+    """The input layer named by a ``colour_constancy`` setting: ``"shades_of_grey"`` or ``"none"`` (identity)."""
+    if name not in COLOUR_CONSTANCY:
+        raise ValueError(f"colour_constancy must be one of {COLOUR_CONSTANCY}, got {name!r}")
+    return ShadesOfGrey() if name == "shades_of_grey" else nn.Identity()

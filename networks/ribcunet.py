@@ -22,6 +22,8 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
+from .preprocessing import colour_constancy_layer
+
 __all__ = ["ResidualInception", "DoubleConv", "ConvGRUCell", "BiConvGRUFusion", "ConcatFusion", "DecoderLevel", "RIBCUNet"]
 
 
@@ -324,6 +326,8 @@ class RIBCUNet(nn.Module):
         act: activation type and arguments (MONAI ``Act`` factory).
         norm: normalisation type and arguments (MONAI ``Norm`` factory).
         dropout: dropout probability inside the feature blocks.
+        colour_constancy: ``"shades_of_grey"`` puts :class:`networks.preprocessing.ShadesOfGrey` before the
+            first convolution (in the exported graph too); ``"none"`` (the paper) feeds the input as it is.
 
     Shapes:
         ``(B, in_channels, *S)`` to ``(B, out_channels, *S)``; every side of ``S`` must be a multiple of 16.
@@ -345,6 +349,7 @@ class RIBCUNet(nn.Module):
         act: Union[str, tuple] = ("relu", {"inplace": True}),
         norm: Union[str, tuple] = "batch",
         dropout: float = 0.0,
+        colour_constancy: str = "none",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -354,6 +359,7 @@ class RIBCUNet(nn.Module):
             raise ValueError(f"channels must give the five level widths, got {channels}.")
         self.spatial_dims = spatial_dims
         self.size_multiple = 2 ** (len(channels) - 1)
+        self.colour_constancy = colour_constancy_layer(colour_constancy)
 
         self.encoder = nn.ModuleList()
         cin = in_channels
@@ -380,6 +386,7 @@ class RIBCUNet(nn.Module):
                     + str(list(spatial))
                     + "; resize or pad the input."
                 )
+        x = self.colour_constancy(x)
         skips: List[torch.Tensor] = []
         n_levels = len(self.encoder)
         for i, level in enumerate(self.encoder):

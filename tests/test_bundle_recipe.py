@@ -22,7 +22,7 @@ sys.path.insert(0, str(BUNDLE_ROOT))
 from networks import RIBCUNet  # noqa: E402
 from networks.preprocessing import clean_mask  # noqa: E402
 from scripts.recipe import MixedPrecision, ProgressiveResize, WarmupCosine  # noqa: E402
-from scripts.transforms import RandHueSaturationd  # noqa: E402
+from scripts.transforms import RandHueSaturationd, RandVignetted  # noqa: E402
 from scripts.tune_threshold import fold_threshold  # noqa: E402
 
 RECIPE = ["train.json", "train_recipe.json"]
@@ -92,6 +92,16 @@ def test_hue_saturation_keeps_luma_and_can_be_the_identity():
     luma = torch.tensor([0.299, 0.587, 0.114])
     assert not torch.allclose(out, image, atol=1e-3)
     assert torch.allclose(torch.einsum("c,chw->hw", luma, out), torch.einsum("c,chw->hw", luma, image), atol=1e-4)
+
+
+def test_vignette_darkens_the_corners_and_keeps_the_centre():
+    image = torch.full((3, 33, 33), 0.5)
+    vignette = RandVignetted("image", prob=1.0, strength_range=(0.8, 0.8), max_shift=0.0)
+    out = vignette({"image": image})["image"]
+    assert torch.allclose(out[:, 16, 16], image[:, 16, 16])
+    assert torch.allclose(out[:, 0, 0], torch.full((3,), 0.5 * 0.2), atol=1e-6)
+    assert (out <= image).all() and (out[:, 0, 16] > out[:, 0, 0]).all()
+    assert torch.equal(RandVignetted("image", prob=0.0)({"image": image})["image"], image)
 
 
 def test_a_folded_threshold_moves_the_zero_crossing():

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from monai.bundle import ConfigParser
 
 from networks import BiConvGRUFusion, ConvGRUCell, DoubleConv, ResidualInception, RIBCUNet
+from networks.export import export_onnx
+from networks.preprocessing import ShadesOfGrey
 
 SMALL = (4, 8, 16, 32, 64)
 VARIANTS = [(False, False), (True, False), (False, True), (True, True)]
@@ -196,6 +198,40 @@ def test_onnx_export_matches_eager(tmp_path):
     (out,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(out, net(x).numpy(), atol=1e-4, rtol=0)
+
+
+def test_shades_of_grey_removes_a_global_colour_cast():
+    image = torch.rand(2, 3, 32, 32) * 0.4 + 0.1
+    image[:, 0] *= 0.8  # this image has a cast of its own
+    cast = image * torch.tensor([1.3, 1.0, 0.7])[None, :, None, None]  # a warm light, no clipping
+    layer = ShadesOfGrey()
+    # the cast is gone; the overall brightness (root mean square of the light) is kept, so a scalar remains
+    ratio = layer(cast) / layer(image)
+    torch.testing.assert_close(ratio, ratio.mean(dim=(1, 2, 3), keepdim=True).expand_as(ratio), atol=1e-4, rtol=0)
+    # and what is left is neutral: the channels' p-norm means are equal
+    light = layer(image).pow(6).mean(dim=(2, 3)).pow(1 / 6)
+    torch.testing.assert_close(light, light.mean(dim=1, keepdim=True).expand_as(light), atol=1e-4, rtol=0)
+    assert layer(torch.zeros(1, 3, 8, 8)).eq(0).all()  # a black image stays black, no division by zero
+
+
+def test_colour_constancy_is_inside_the_scripted_and_exported_network(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    net = RIBCUNet(channels=SMALL, colour_constancy="shades_of_grey").eval()
+    assert isinstance(net.colour_constancy, ShadesOfGrey)
+    x = torch.rand(2, 3, 32, 32) * 0.4 + 0.1
+    cast = x * torch.tensor([0.8, 1.0, 1.2])[None, :, None, None]
+    with torch.no_grad():
+        assert not torch.allclose(net.colour_constancy(cast), cast, atol=1e-3)
+        torch.testing.assert_close(torch.jit.script(net)(cast), net(cast), atol=1e-4, rtol=0)
+    path = tmp_path / "cc.onnx"
+    export_onnx(net, path, example_shape=(1, 3, 32, 32))
+    (out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": cast.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(out, net(cast).numpy(), atol=1e-4, rtol=0)
+    # the weights are those of a network without it: a checkpoint loads either way
+    RIBCUNet(channels=SMALL).load_state_dict(net.state_dict())
+    with pytest.raises(ValueError, match="colour_constancy"):
+        RIBCUNet(channels=SMALL, colour_constancy="grey_world")
 
 
 def test_state_dict_round_trip():

@@ -1,5 +1,5 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
-"""The bundle's own transforms: a colour augmentation MONAI lacks, and the post-processing wrapper over
+"""The bundle's own transforms: colour and vignetting augmentations MONAI lacks, and the post-processing wrapper over
 ``networks.preprocessing``."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 
 from networks.preprocessing import logits_to_probability
 
-__all__ = ["RandHueSaturationd", "LogitsToOriginalSized"]
+__all__ = ["RandHueSaturationd", "RandVignetted", "LogitsToOriginalSized"]
 
 # RGB <-> YIQ (NTSC): Y is luma, (I, Q) the chroma plane, where a rotation shifts hue and a scaling saturation
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -52,6 +52,41 @@ class RandHueSaturationd(RandomizableTransform, MapTransform):
             image = torch.as_tensor(d[key])
             matrix = self._matrix.to(image.device, image.dtype)
             d[key] = torch.einsum("ij,jhw->ihw", matrix, image).clamp_(0.0, 1.0)
+        return d
+
+
+class RandVignetted(RandomizableTransform, MapTransform):
+    """Darken ``(C, H, W)`` images towards their corners, as a dermoscope's optics or a phone's lens do.
+
+    The gain is ``clip(1 - strength * (r / r0) ** 2, 0, 1)`` with ``r`` the distance from a centre shifted by up
+    to ``max_shift`` of the half-size, ``r0`` the half-diagonal, and ``strength`` drawn from ``strength_range``
+    (1 blacks out the corners).
+    """
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.5, strength_range=(0.2, 0.8), max_shift: float = 0.15, allow_missing_keys: bool = False):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.strength_range = (float(strength_range[0]), float(strength_range[1]))
+        self.max_shift = float(max_shift)
+        self._strength, self._centre = 0.0, (0.0, 0.0)
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        self._strength = self.R.uniform(*self.strength_range)
+        self._centre = (self.R.uniform(-self.max_shift, self.max_shift), self.R.uniform(-self.max_shift, self.max_shift))
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key])
+            h, w = image.shape[-2:]
+            y = torch.linspace(-1.0, 1.0, h, device=image.device)[:, None] - self._centre[0]
+            x = torch.linspace(-1.0, 1.0, w, device=image.device)[None, :] - self._centre[1]
+            gain = (1.0 - self._strength * (x * x + y * y) / 2.0).clamp_(0.0, 1.0)
+            d[key] = image * gain.to(image.dtype)
         return d
 
 
