@@ -8,30 +8,35 @@
     MeasurementReportWriterOperator  cases -> TID 1500 SR (lesion area, confidence) per case
     OverlayWriterOperator            cases -> overlay PNG and burned-in Secondary Capture per case
     ResultsWriterOperator            cases -> OUT/results.json
+
+The operator classes are imported on first use, so a module that needs only ``operators.conventions`` (the edge
+store, the command-line tools) does not load Holoscan.
 """
 
-from .case import Case, CaseStatus, ModelInfo
-from .case_step import CaseStepOperator
-from .confidence_operator import ConfidenceRoutingOperator
-from .loader import SkinPhotoLoaderOperator
-from .segmentation import LesionSegmentationOperator
-from .writers import (
-    LesionSegWriterOperator,
-    MeasurementReportWriterOperator,
-    OverlayWriterOperator,
-    ResultsWriterOperator,
-)
+import importlib
 
-__all__ = [
-    "Case",
-    "CaseStatus",
-    "ModelInfo",
-    "CaseStepOperator",
-    "SkinPhotoLoaderOperator",
-    "LesionSegmentationOperator",
-    "ConfidenceRoutingOperator",
-    "LesionSegWriterOperator",
-    "MeasurementReportWriterOperator",
-    "OverlayWriterOperator",
-    "ResultsWriterOperator",
-]
+_HOMES = {
+    "Case": ".case",
+    "ModelInfo": ".case",
+    "CaseStatus": ".conventions",
+    "Route": ".conventions",
+    "CaseStepOperator": ".case_step",
+    "SkinPhotoLoaderOperator": ".loader",
+    "LesionSegmentationOperator": ".segmentation",
+    "ConfidenceRoutingOperator": ".confidence_operator",
+    "LesionSegWriterOperator": ".writers",
+    "MeasurementReportWriterOperator": ".writers",
+    "OverlayWriterOperator": ".writers",
+    "ResultsWriterOperator": ".writers",
+}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

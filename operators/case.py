@@ -8,7 +8,6 @@ writer records it: one bad file never stops the others.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -18,16 +17,12 @@ import numpy as np
 from networks.durable import atomic_write_bytes, atomic_write_with, is_partial_name
 from networks.preprocessing import MODEL_INPUT_SIZE
 
+from .conventions import CaseStatus, is_valid_uid
+
 __all__ = [
     "Case", "CaseBatch", "ModelInfo", "CaseStatus", "is_valid_uid", "atomic_write_bytes", "atomic_write_with",
     "case_output_dir", "remove_partial_files",
 ]
-
-
-class CaseStatus:
-    OK = "ok"
-    ERROR = "error"
-    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -100,15 +95,6 @@ class CaseBatch(list):
     def __init__(self, cases=(), last: bool = False):
         super().__init__(cases)
         self.last = bool(last)
-
-
-# DICOM PS3.5 9.1: digits and dots, no leading zero in a component (not enforced: real files break it), <= 64.
-_UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-def is_valid_uid(uid: object) -> bool:
-    """True for a UID that is safe to use in a file name (and well formed enough for a PACS)."""
-    return isinstance(uid, str) and len(uid) <= 64 and _UID_PATTERN.fullmatch(uid) is not None
 
 
 def case_output_dir(output_root: Path, case: Case) -> Path:
