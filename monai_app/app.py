@@ -11,10 +11,12 @@ from monai.deploy.core import Application
 
 from operators import (
     ConfidenceRoutingOperator,
+    JoinWritersOperator,
     LesionSegmentationOperator,
     LesionSegWriterOperator,
     MeasurementReportWriterOperator,
     OverlayWriterOperator,
+    ReleasePixelsOperator,
     ResultsWriterOperator,
     SkinPhotoLoaderOperator,
 )
@@ -84,26 +86,34 @@ class SkinLesionSegApp(Application):
         )
         write_sr = MeasurementReportWriterOperator(self, output_folder=output_folder, name="write_sr")
         write_overlays = OverlayWriterOperator(self, output_folder=output_folder, name="write_overlays")
+        join_writers = JoinWritersOperator(
+            self, output_folder=output_folder, branches=("reports", "overlays"), name="join_writers"
+        )
         self.results_writer = write_results = ResultsWriterOperator(
             self, output_folder=output_folder, settings=settings.for_results(), name="write_results"
         )
+        release_pixels = ReleasePixelsOperator(self, name="release_pixels")
 
         self.add_flow(load_photos, segment_lesions, {("cases", "cases")})
         self.add_flow(segment_lesions, score_confidence, {("cases", "cases")})
+        # two independent writer branches: the SEG, then the SR that references it; the overlays
         self.add_flow(score_confidence, write_seg, {("cases", "cases")})
-        self.add_flow(write_seg, write_sr, {("cases", "cases")})
-        self.add_flow(write_sr, write_overlays, {("cases", "cases")})
+        self.add_flow(write_seg, write_sr, {("cases", "cases"), ("segs", "segs")})
+        self.add_flow(score_confidence, write_overlays, {("cases", "cases")})
+        self.add_flow(write_sr, join_writers, {("cases", "reports")})
+        self.add_flow(write_overlays, join_writers, {("cases", "overlays")})
+        written = join_writers
         if settings.edge_store:
-            # the edge loop: accepted cases become training samples, review cases wait for a person; it runs while
-            # each case still holds its pixels and mask (the results writer frees them)
+            # the edge loop: accepted cases become training samples, review cases wait for a person; a case the
+            # store refuses becomes an error entry, so it runs before the results are recorded
             store_cases = EdgeStoreOperator(
                 self, store_path=settings.edge_store, input_path=input_path, output_folder=output_folder,
                 name="store_cases",
             )
-            self.add_flow(write_overlays, store_cases, {("cases", "cases")})
-            self.add_flow(store_cases, write_results, {("cases", "cases")})
-        else:
-            self.add_flow(write_overlays, write_results, {("cases", "cases")})
+            self.add_flow(join_writers, store_cases, {("cases", "cases")})
+            written = store_cases
+        self.add_flow(written, write_results, {("cases", "cases")})
+        self.add_flow(write_results, release_pixels, {("cases", "cases")})
         # Sending to the PACS (DERMSEG_SEND_TO) needs the finished results.json: it runs after the graph (__main__).
 
 

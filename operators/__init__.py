@@ -7,7 +7,9 @@
     LesionSegWriterOperator          cases -> DICOM-SEG (binary, fractional) per case
     MeasurementReportWriterOperator  cases -> TID 1500 SR (lesion area, confidence) per case
     OverlayWriterOperator            cases -> overlay PNG and burned-in Secondary Capture per case
+    JoinWritersOperator              the writer branches' cases -> cases (a case whole or without outputs)
     ResultsWriterOperator            cases -> OUT/results.json
+    ReleasePixelsOperator            cases -> (their arrays dropped: the last step)
 
 The operator classes are imported on first use, so a module that needs only ``operators.conventions`` (the edge
 store, the command-line tools) does not load Holoscan.
@@ -27,7 +29,9 @@ _HOMES = {
     "LesionSegWriterOperator": ".writers",
     "MeasurementReportWriterOperator": ".writers",
     "OverlayWriterOperator": ".writers",
+    "JoinWritersOperator": ".writers",
     "ResultsWriterOperator": ".writers",
+    "ReleasePixelsOperator": ".writers",
 }
 __all__ = list(_HOMES)
 

@@ -64,7 +64,6 @@ class Case:
     lesion_area_mm2: Optional[float] = None
     lesion_area_px: Optional[int] = None
     outputs: Dict[str, str] = field(default_factory=dict)  # kind -> path relative to OUT
-    written: Dict[str, Any] = field(default_factory=dict)  # kind -> dataset, for writers further down (SR -> SEG)
 
     @property
     def ok(self) -> bool:
@@ -81,12 +80,10 @@ class Case:
         self.status = CaseStatus.ERROR
         self.error = f"{self.source_file}: {stage} failed: {message}"
         self.rgb = self.probability = self.mask = None
-        self.written.clear()
 
     def release_pixels(self) -> None:
         """Drop the arrays once everything is written: a long batch must not keep every image in memory."""
         self.rgb = self.probability = self.mask = None
-        self.written.clear()
 
 
 class CaseBatch(list):

@@ -144,11 +144,12 @@ def dciodvfy_errors(path: Path) -> list:
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
-def run_operator_alone(make_operator, cases=None, has_output: bool = True):
+def run_operator_alone(make_operator, cases=None, has_output: bool = True, inputs=None, outputs=None):
     """Run one operator in a Holoscan app of its own: a feeder emits ``cases`` once (unless the operator is the
     source), a collector keeps what comes out.  Returns the list of batches the operator emitted.
 
-    ``make_operator(app)`` builds the operator under test inside ``compose()``.
+    ``make_operator(app)`` builds the operator under test inside ``compose()``.  ``inputs`` maps more input
+    ports to the message each gets once; with ``outputs`` (port names) the result is ``{port: [messages]}``.
     """
     from holoscan.conditions import CountCondition
 
@@ -156,31 +157,40 @@ def run_operator_alone(make_operator, cases=None, has_output: bool = True):
 
     from operators.case import CaseBatch
 
-    collected = []
+    ports = list(outputs or (["cases"] if has_output else []))
+    collected = {port: [] for port in ports}
+    feeds = dict(inputs or {})
+    if cases is not None:
+        feeds["cases"] = CaseBatch(cases, last=True)
 
     class Feeder(Operator):
         def setup(self, spec):
-            spec.output("cases")
+            for port in feeds:
+                spec.output(port)
 
         def compute(self, op_input, op_output, context):
-            op_output.emit(CaseBatch(cases, last=True), "cases")
+            for port, message in feeds.items():
+                op_output.emit(message, port)
 
     class Collector(Operator):
         def setup(self, spec):
-            spec.input("cases")
+            for port in ports:
+                spec.input(port)
 
         def compute(self, op_input, op_output, context):
-            collected.append(op_input.receive("cases"))
+            for port in ports:
+                collected[port].append(op_input.receive(port))
 
     class OneOperatorApp(Application):
         def compose(self):
             under_test = make_operator(self)
-            if cases is not None:
-                self.add_flow(Feeder(self, CountCondition(self, 1), name="feeder"), under_test, {("cases", "cases")})
-            if has_output:
-                self.add_flow(under_test, Collector(self, name="collector"), {("cases", "cases")})
-            elif cases is None:
+            if feeds:
+                feeder = Feeder(self, CountCondition(self, 1), name="feeder")
+                self.add_flow(feeder, under_test, {(port, port) for port in feeds})
+            if ports:
+                self.add_flow(under_test, Collector(self, name="collector"), {(port, port) for port in ports})
+            elif not feeds:
                 self.add_operator(under_test)
 
     OneOperatorApp([sys.executable]).run()
-    return collected
+    return collected if outputs else collected.get("cases", [])
