@@ -18,14 +18,17 @@ from networks.preprocessing import logits_to_probability, probability_to_mask, r
 from operators import (
     Case,
     ConfidenceRoutingOperator,
+    JoinWritersOperator,
     LesionSegmentationOperator,
     LesionSegWriterOperator,
     MeasurementReportWriterOperator,
     ModelInfo,
     OverlayWriterOperator,
+    ReleasePixelsOperator,
     ResultsWriterOperator,
     SkinPhotoLoaderOperator,
 )
+from operators.results import case_entry, read_results, write_results
 from operators.case import atomic_write_bytes, case_output_dir, is_valid_uid
 from operators.confidence import DEFAULT_THRESHOLD, case_confidence, flip_agreement, lesion_confidence, route_for, threshold_from_env
 from operators.dicom_outputs import (
@@ -478,11 +481,19 @@ def test_writer_operators_alone_write_atomically_inside_out(tmp_path, rgb, tiny_
     cases[1].confidence = 0.5
     cases.append(Case(source_file="broken.dcm", status="error", error="broken.dcm: loading failed: reasons"))
 
-    (batch,) = run_operator_alone(lambda app: LesionSegWriterOperator(app, output_folder=out, name="w1"), cases)
-    (batch,) = run_operator_alone(lambda app: MeasurementReportWriterOperator(app, output_folder=out, name="w2"), list(batch))
+    emitted = run_operator_alone(
+        lambda app: LesionSegWriterOperator(app, output_folder=out, name="w1"), cases, outputs=("cases", "segs")
+    )
+    (batch,), (segs,) = emitted["cases"], emitted["segs"]
+    assert set(segs) == {c.sop_instance_uid for c in cases[:2]}  # the SEGs the SR will reference, by source
+    (batch,) = run_operator_alone(
+        lambda app: MeasurementReportWriterOperator(app, output_folder=out, name="w2"), list(batch), inputs={"segs": segs}
+    )
     (batch,) = run_operator_alone(lambda app: OverlayWriterOperator(app, output_folder=out, name="w3"), list(batch))
-    run_operator_alone(lambda app: ResultsWriterOperator(app, output_folder=out, name="w4"), list(batch), has_output=False)
-    results = json.loads((out / "results.json").read_text())["cases"]
+    (batch,) = run_operator_alone(lambda app: ResultsWriterOperator(app, output_folder=out, name="w4"), list(batch))
+    run_operator_alone(lambda app: ReleasePixelsOperator(app, name="w5"), list(batch), has_output=False)
+    assert all(c.rgb is None and c.mask is None for c in batch)
+    results = read_results(out)["cases"]
     assert [r["status"] for r in results] == ["ok", "ok", "error"]
     assert set(results[0]["outputs"]) == {"seg", "seg_probability", "sr", "overlay_png", "overlay_sc"}
     assert set(results[1]["outputs"]) == {"source", "seg", "seg_probability", "sr", "overlay_png", "overlay_sc"}
@@ -494,6 +505,37 @@ def test_writer_operators_alone_write_atomically_inside_out(tmp_path, rgb, tiny_
     assert results[2]["error"] == "broken.dcm: loading failed: reasons" and results[2]["outputs"] == {}
     leftovers = [p for p in out.rglob("*") if p.name.startswith(".") or p.suffix == ".part"]
     assert leftovers == []
+
+
+def test_join_of_the_writer_branches_keeps_a_case_whole_or_without_outputs(tmp_path, rgb, tiny_model_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    cases = [_segmented_case(rgb, tiny_model_path), _segmented_case(rgb[::-1].copy(), tiny_model_path)]
+    emitted = run_operator_alone(
+        lambda app: LesionSegWriterOperator(app, output_folder=out, name="seg"), cases, outputs=("cases", "segs")
+    )
+    (batch,) = emitted["cases"]
+    seg_files = [out / cases[1].outputs["seg"]]
+    assert seg_files[0].is_file()
+    batch[1].fail("writing the overlay", "disk full")  # the other branch failed this case after its SEG was written
+    (joined,) = run_operator_alone(
+        lambda app: JoinWritersOperator(app, output_folder=out, branches=("reports", "overlays"), name="join"),
+        inputs={"reports": batch, "overlays": batch},
+    )
+    assert joined is batch
+    assert not seg_files[0].exists() and batch[1].outputs == {} and not (out / cases[1].sop_instance_uid).exists()
+    assert all((out / relative).is_file() for relative in batch[0].outputs.values())
+
+
+def test_results_are_read_back_against_their_schema(tmp_path):
+    write_results(tmp_path, [case_entry(Case(source_file="a.dcm", status="error", error="a.dcm: loading failed: x"))])
+    assert read_results(tmp_path)["cases"][0]["status"] == "error"
+    (tmp_path / "results.json").write_text(json.dumps({"cases": [{"source_file": "a.dcm", "status": "done"}]}))
+    with pytest.raises(ValueError, match=r"results.json does not match the results.json schema at cases/0"):
+        read_results(tmp_path)
+    (tmp_path / "results.json").write_text('{"cases": [')
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        read_results(tmp_path)
 
 
 def test_output_names_come_from_valid_uids_only(tmp_path):
