@@ -24,7 +24,7 @@ from operators.model import resolve_model_file
 
 from .app import SkinLesionSegApp
 from .edge import EdgeStore
-from .pacs import SendOptions, parse_targets, send_outputs
+from .pacs import send_outputs
 from .settings import DEFAULT_MODEL_PATH, AppSettings, apply_app_config_defaults
 
 
@@ -42,10 +42,7 @@ def _default_model(settings: AppSettings) -> Path:
 def _preflight(argv) -> AppSettings:
     """Check what the run needs before starting the graph, with a message a person can act on."""
     apply_app_config_defaults()  # app.yaml's dermseg: section inside a MAP; the environment overrides it
-    settings = AppSettings.from_env()
-    if settings.send_to:
-        parse_targets(settings.send_to)  # a typo in DERMSEG_SEND_TO stops the run before any inference
-        SendOptions.from_env()
+    settings = AppSettings.from_env()  # checks the send targets and options too, before any inference
     if "HOLOSCAN_MODEL_PATH" not in os.environ:
         os.environ["HOLOSCAN_MODEL_PATH"] = str(_default_model(settings))  # -m still takes precedence
     args = parse_args(argv)  # the SDK's own parser: exits 2 on a missing -i / -m path
@@ -115,7 +112,7 @@ def main(argv=None) -> int:
     if settings.send_to:
         # after the last results.json write: the sender adds its "transfers" records to that file; a failed send
         # loses nothing (files stay in OUT, `python -m monai_app.send OUT` retries) and does not fail the batch
-        summary = send_outputs(app.results_writer.output_folder, settings.send_to)
+        summary = send_outputs(app.results_writer.output_folder, settings.send_to, options=settings.send)
         log = logging.getLogger("monai_app")
         (log.info if summary.ok else log.warning)("%s", summary)
     return 0

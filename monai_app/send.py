@@ -5,7 +5,8 @@
 
 Only what ``OUT/results.json`` does not already record as sent to a target is sent, so running this again after a
 PACS outage (from cron, or by hand) sends exactly what is missing.  Targets default to ``DERMSEG_SEND_TO``; see
-:mod:`monai_app.pacs` for their syntax and the other ``DERMSEG_*`` settings.
+:mod:`monai_app.pacs` for their syntax and the other ``DERMSEG_*`` settings, which :mod:`monai_app.settings` reads
+(an option given here beats its variable).
 
 Exit status: 0 when every DICOM output is on every target (also when nothing needed sending); 1 when at least one
 transfer failed (the reasons are printed and recorded in results.json, ready for the next retry); 2 when nothing
@@ -20,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from monai_app.pacs import ENV_SEND_TO, TargetError, send_outputs
+from monai_app.pacs import TargetError, parse_targets, send_outputs
+from monai_app.settings import ENV_SEND_TO, send_options_from_env, send_to_from_env
 
 EXIT_ALL_SENT = 0
 EXIT_SOME_FAILED = 1
@@ -52,14 +54,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its errors repeat what the summary says
 
     try:
-        summary = send_outputs(
-            args.out_dir,
-            args.to,
+        targets = parse_targets(send_to_from_env() if args.to is None else args.to)
+        options = send_options_from_env(
             calling_aet=args.calling_aet,
             timeout=args.timeout,
             retries=args.retries,
             retry_delay=args.retry_delay,
         )
+        summary = send_outputs(args.out_dir, targets, options=options)
     except (TargetError, FileNotFoundError, NotADirectoryError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_NOT_TRIED

@@ -1,19 +1,48 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
-"""The app's settings beyond the SDK's -i/-o/-m flags: environment variables, as a MAP is configured."""
+"""The app's settings beyond the SDK's -i/-o/-m flags: environment variables, as a MAP is configured.
+
+This module is the one reader of the ``DERMSEG_*`` variables.  Each variable's name, default, check and error
+message is written once, here; the operators and the PACS sender take plain values (a threshold, a
+:class:`~monai_app.pacs.SendOptions`), so they run and are tested without an environment, and a setting cannot be
+read two ways in two places.  The app builds one :class:`AppSettings` before it starts; the send command
+(``python -m monai_app.send``) reads only the sending part (:func:`send_to_from_env`, :func:`send_options_from_env`).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
 import yaml
 
-from operators.confidence import THRESHOLD_ENV, threshold_from_env
-from operators.model import PRECISIONS
+from operators.confidence import DEFAULT_THRESHOLD
 
-__all__ = ["AppSettings", "DEFAULT_MODEL_PATH", "APP_CONFIG_SECTION", "apply_app_config_defaults"]
+from .pacs import SendOptions, TargetError, parse_targets
+
+__all__ = [
+    "AppSettings",
+    "DEFAULT_MODEL_PATH",
+    "APP_CONFIG_SECTION",
+    "apply_app_config_defaults",
+    "send_options_from_env",
+    "send_to_from_env",
+    "threshold_from_env",
+]
+
+ENV_CONFIDENCE_THRESHOLD = "DERMSEG_CONFIDENCE_THRESHOLD"
+ENV_EDGE_STORE = "DERMSEG_EDGE_STORE"
+ENV_BATCH_SIZE = "DERMSEG_BATCH_SIZE"
+ENV_PROBABILITY_SEG = "DERMSEG_PROBABILITY_SEG"
+ENV_FLIP_TTA = "DERMSEG_FLIP_TTA"
+ENV_MODEL_PRECISION = "DERMSEG_MODEL_PRECISION"
+ENV_SEND_TO = "DERMSEG_SEND_TO"
+ENV_CALLING_AET = "DERMSEG_CALLING_AET"
+ENV_SEND_TIMEOUT = "DERMSEG_SEND_TIMEOUT"
+ENV_SEND_RETRIES = "DERMSEG_SEND_RETRIES"
+ENV_SEND_RETRY_DELAY = "DERMSEG_SEND_RETRY_DELAY"
+ENV_DICOMWEB_TOKEN = "DERMSEG_DICOMWEB_TOKEN"
 
 # The section of app.yaml holding the app's own settings, by their environment variable names.
 APP_CONFIG_SECTION = "dermseg"
@@ -59,39 +88,82 @@ class AppSettings:
     write_probability_seg: bool
     flip_tta: bool  # DERMSEG_FLIP_TTA: segment the mirror image too, confidence x flip agreement (2x the compute)
     model_precision: str = "int8"  # DERMSEG_MODEL_PRECISION: int8 (model_int8.onnx where there is one) or fp32
+    # DERMSEG_CALLING_AET, DERMSEG_SEND_*, DERMSEG_DICOMWEB_TOKEN: how to send; read (and checked) only when
+    # DERMSEG_SEND_TO gives somewhere to send, else None
+    send: Optional[SendOptions] = None
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "AppSettings":
-        """Read and check the settings; a bad value is a ValueError naming the variable."""
+        """Read and check the settings; a bad value is a ValueError naming the variable (a bad send target or
+        send option is a :class:`~monai_app.pacs.TargetError`, also a ValueError)."""
+        from operators.model import PRECISIONS  # loads torch: not at import, the send command reads settings too
+
         environ = os.environ if environ is None else environ
         # one case per model call by default: on the CPU batching is slower per image (benchmarks/app_throughput.py)
-        batch_raw = environ.get("DERMSEG_BATCH_SIZE", "1").strip() or "1"
+        batch_raw = environ.get(ENV_BATCH_SIZE, "1").strip() or "1"
         if not batch_raw.isdigit() or not 1 <= int(batch_raw) <= 256:
-            raise ValueError(f"DERMSEG_BATCH_SIZE={batch_raw!r} must be a whole number from 1 to 256")
-        probability = _flag(environ, "DERMSEG_PROBABILITY_SEG", True)
-        flip_tta = _flag(environ, "DERMSEG_FLIP_TTA", False)
-        precision = environ.get("DERMSEG_MODEL_PRECISION", "").strip().lower() or "int8"
+            raise ValueError(f"{ENV_BATCH_SIZE}={batch_raw!r} must be a whole number from 1 to 256")
+        probability = _flag(environ, ENV_PROBABILITY_SEG, True)
+        flip_tta = _flag(environ, ENV_FLIP_TTA, False)
+        precision = environ.get(ENV_MODEL_PRECISION, "").strip().lower() or "int8"
         if precision not in PRECISIONS:
-            raise ValueError(f"DERMSEG_MODEL_PRECISION={precision!r} must be one of {', '.join(PRECISIONS)}")
+            raise ValueError(f"{ENV_MODEL_PRECISION}={precision!r} must be one of {', '.join(PRECISIONS)}")
+        threshold = threshold_from_env(environ)
+        send_to = send_to_from_env(environ)
+        if send_to:
+            parse_targets(send_to)  # a typo in DERMSEG_SEND_TO stops the run before any inference
         return cls(
-            confidence_threshold=threshold_from_env(environ),
-            edge_store=Path(environ["DERMSEG_EDGE_STORE"]) if environ.get("DERMSEG_EDGE_STORE") else None,
-            send_to=environ.get("DERMSEG_SEND_TO") or None,
+            confidence_threshold=threshold,
+            edge_store=Path(environ[ENV_EDGE_STORE]) if environ.get(ENV_EDGE_STORE) else None,
+            send_to=send_to,
             batch_size=int(batch_raw),
             write_probability_seg=probability,
             flip_tta=flip_tta,
             model_precision=precision,
+            send=send_options_from_env(environ) if send_to else None,
         )
 
     def for_results(self) -> dict:
         """What results.json records about the run (no paths: they may name a site's layout)."""
         return {
-            THRESHOLD_ENV: self.confidence_threshold,
+            ENV_CONFIDENCE_THRESHOLD: self.confidence_threshold,
             "edge_store": self.edge_store is not None,
             "send_to": self.send_to is not None,
             "flip_tta": self.flip_tta,
             "model_precision": self.model_precision,
         }
+
+
+def threshold_from_env(environ: Optional[Mapping[str, str]] = None) -> float:
+    """The routing threshold from ``DERMSEG_CONFIDENCE_THRESHOLD``; a value outside [0, 1] is a ValueError."""
+    environ = os.environ if environ is None else environ
+    raw, value = _number(environ, ENV_CONFIDENCE_THRESHOLD, DEFAULT_THRESHOLD, float)
+    if value is None:
+        raise ValueError(f"{ENV_CONFIDENCE_THRESHOLD}={raw!r} is not a number")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{ENV_CONFIDENCE_THRESHOLD}={raw!r} must be between 0 and 1")
+    return value
+
+
+def send_to_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """``DERMSEG_SEND_TO``, the comma-separated send targets, or None where it is unset or empty."""
+    environ = os.environ if environ is None else environ
+    return environ.get(ENV_SEND_TO) or None
+
+
+def send_options_from_env(environ: Optional[Mapping[str, str]] = None, **overrides) -> SendOptions:
+    """Send options from the ``DERMSEG_*`` variables; keyword arguments that are not None take precedence."""
+    environ = os.environ if environ is None else environ
+    defaults = SendOptions()
+    values = {
+        "calling_aet": environ.get(ENV_CALLING_AET, "").strip() or defaults.calling_aet,
+        "timeout": _send_number(environ, ENV_SEND_TIMEOUT, defaults.timeout, float, minimum=0.1),
+        "retries": _send_number(environ, ENV_SEND_RETRIES, defaults.retries, int, minimum=0),
+        "retry_delay": _send_number(environ, ENV_SEND_RETRY_DELAY, defaults.retry_delay, float, minimum=0.0),
+        "dicomweb_token": environ.get(ENV_DICOMWEB_TOKEN) or None,
+    }
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return SendOptions(**values)
 
 
 def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -101,3 +173,23 @@ def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
     if raw not in ("0", "1", "true", "false", "yes", "no"):
         raise ValueError(f"{name}={raw!r} must be 1 or 0")
     return raw in ("1", "true", "yes")
+
+
+def _number(environ: Mapping[str, str], name: str, default, kind) -> Tuple[str, object]:
+    """The variable as given (stripped) and as a ``kind`` number: ``default`` where it is unset or blank, None
+    where it is not a number (the caller says what it must be)."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return raw, default
+    try:
+        return raw, kind(raw)
+    except ValueError:
+        return raw, None
+
+
+def _send_number(environ: Mapping[str, str], name: str, default, kind, minimum):
+    """A send option's number; a bad one is a TargetError, as the sender's own checks raise."""
+    raw, value = _number(environ, name, default, kind)
+    if value is None or value < minimum:
+        raise TargetError(f"{name}={raw!r} must be a {'whole ' if kind is int else ''}number >= {minimum}")
+    return value

@@ -1,7 +1,9 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
 """How sure the model is of one segmentation, from its probability map alone (plain numpy, no SDK).
 
-Kept free of the SDK so ``benchmarks/confidence_eval.py`` computes exactly what the app computes.
+Kept free of the SDK so ``benchmarks/confidence_eval.py`` computes exactly what the app computes, and free of the
+environment: the routing threshold is a value the caller passes (the app reads ``DERMSEG_CONFIDENCE_THRESHOLD`` in
+``monai_app.settings``).
 
 The score multiplies two signs of a failed segmentation, each in [0, 1]:
 
@@ -21,32 +23,26 @@ that it replaced; with the shipped model 0.3.0 they are 0.901 and 0.696.
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import numpy as np
 
+from .conventions import Route
+
 __all__ = [
     "case_confidence",
     "DEFAULT_THRESHOLD",
-    "THRESHOLD_ENV",
     "lesion_confidence",
     "flip_agreement",
     "route_for",
-    "threshold_from_env",
-    "ACCEPTED",
-    "REVIEW",
 ]
 
-THRESHOLD_ENV = "DERMSEG_CONFIDENCE_THRESHOLD"
 # From the threshold table of benchmarks/confidence_eval.py on the validation split with the shipped model 0.3.0
 # served as the app serves it (int8; README "Confidence"): the lowest threshold that catches 90% of the failures
 # there. On the test split it sends 27% of cases to review and catches 85% of the failures. Re-pick it on the
 # validation split with each model.
 DEFAULT_THRESHOLD = 0.35
 UNCERTAIN_BAND = (0.1, 0.9)
-ACCEPTED = "accepted"
-REVIEW = "review"
 
 
 def lesion_confidence(probability: np.ndarray) -> float:
@@ -84,21 +80,6 @@ def flip_agreement(mask: np.ndarray, flipped_back_mask: np.ndarray) -> float:
     return float(2.0 * np.logical_and(a, b).sum() / total)
 
 
-def route_for(confidence: float, threshold: float) -> str:
+def route_for(confidence: float, threshold: float) -> Route:
     """``accepted`` at or above the threshold, ``review`` below it."""
-    return ACCEPTED if confidence >= threshold else REVIEW
-
-
-def threshold_from_env(environ: Optional[dict] = None) -> float:
-    """The routing threshold from ``DERMSEG_CONFIDENCE_THRESHOLD``; a value outside [0, 1] is a ValueError."""
-    environ = os.environ if environ is None else environ
-    raw = environ.get(THRESHOLD_ENV, "").strip()
-    if not raw:
-        return DEFAULT_THRESHOLD
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{THRESHOLD_ENV}={raw!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{THRESHOLD_ENV}={raw!r} must be between 0 and 1")
-    return value
+    return Route.ACCEPTED if confidence >= threshold else Route.REVIEW

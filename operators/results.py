@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional
-
-import numpy as np
+from typing import TYPE_CHECKING, Dict, Iterable, Mapping, Optional
 
 from networks.durable import atomic_write_bytes
 
-from .case import Case
 from .conventions import RESULTS_FILE, CaseStatus, Route
+
+if TYPE_CHECKING:  # the readers (the PACS sender, the edge tools) load no torch or numpy through this module
+    from .case import Case
 
 __all__ = ["RESULTS_FILE", "RESULTS_SCHEMA", "OUTPUT_NAMES", "case_entry", "write_results", "read_results"]
 
@@ -53,8 +53,8 @@ RESULTS_SCHEMA: Dict = {
                     "route": {"enum": [r.value for r in Route] + [None]},
                     "outputs": {
                         "type": "object",
-                        "propertyNames": {"enum": list(OUTPUT_NAMES)},
-                        "additionalProperties": {"type": "string", "description": "relative to OUT"},
+                        "description": "kind (OUTPUT_NAMES' keys, or a later writer's) -> file path relative to OUT",
+                        "additionalProperties": {"type": "string"},
                     },
                     "lesion_area_mm2": _NUMBER_OR_NULL,
                     "lesion_area_px": {"type": ["integer", "null"]},
@@ -67,11 +67,12 @@ RESULTS_SCHEMA: Dict = {
             },
         },
         "settings": {"type": "object", "description": "what the run was configured with (no paths)"},
+        "transfers": {"type": "array", "description": "what the PACS sender sent where (monai_app.pacs)"},
     },
 }
 
 
-def case_entry(case: Case) -> Dict:
+def case_entry(case: "Case") -> Dict:
     """One case as results.json shows it."""
     entry = {
         "source_file": case.source_file,
@@ -124,6 +125,5 @@ def read_results(output_folder: Path) -> Dict:
 
 
 def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
+    item = getattr(value, "item", None)  # a numpy scalar
+    return item() if callable(item) else str(value)

@@ -134,7 +134,10 @@ def run_app(input_path: Path, output_path: Path, model_path: Path, env: dict | N
 
 
 def read_results(output_path: Path) -> dict:
-    return json.loads((Path(output_path) / "results.json").read_text())
+    """The run's results.json, checked against its schema (operators.results) on every read in the tests."""
+    from operators.results import read_results as read_checked
+
+    return read_checked(output_path)
 
 
 def dciodvfy_errors(path: Path) -> list:

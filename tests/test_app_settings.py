@@ -3,7 +3,15 @@
 import pytest
 import yaml
 
-from monai_app.settings import APP_CONFIG_SECTION, AppSettings, apply_app_config_defaults
+from monai_app.pacs import SendOptions, TargetError
+from monai_app.settings import (
+    APP_CONFIG_SECTION,
+    AppSettings,
+    apply_app_config_defaults,
+    send_options_from_env,
+    threshold_from_env,
+)
+from operators.confidence import DEFAULT_THRESHOLD
 
 from _app_helpers import REPO, SAMPLES, make_tiny_model, read_results, run_app
 
@@ -58,3 +66,36 @@ def test_model_precision_setting():
     assert AppSettings.from_env({"DERMSEG_MODEL_PRECISION": "FP32"}).model_precision == "fp32"
     with pytest.raises(ValueError, match="DERMSEG_MODEL_PRECISION='fp16'"):
         AppSettings.from_env({"DERMSEG_MODEL_PRECISION": "fp16"})
+
+
+def test_confidence_threshold_from_env():
+    assert threshold_from_env({}) == DEFAULT_THRESHOLD
+    assert threshold_from_env({"DERMSEG_CONFIDENCE_THRESHOLD": "0.35"}) == 0.35
+    for bad in ("1.5", "-0.1", "high"):
+        with pytest.raises(ValueError, match="DERMSEG_CONFIDENCE_THRESHOLD"):
+            threshold_from_env({"DERMSEG_CONFIDENCE_THRESHOLD": bad})
+
+
+def test_send_options_come_from_the_environment_and_are_checked():
+    environ = {"DERMSEG_CALLING_AET": "EDGE1", "DERMSEG_SEND_TIMEOUT": "7.5", "DERMSEG_SEND_RETRIES": "4"}
+    options = send_options_from_env(environ)
+    assert (options.calling_aet, options.timeout, options.retries, options.retry_delay) == ("EDGE1", 7.5, 4, 2.0)
+    assert send_options_from_env(environ, retries=0).retries == 0  # an argument beats the environment
+    with pytest.raises(TargetError, match="DERMSEG_SEND_RETRIES='many'"):
+        send_options_from_env({"DERMSEG_SEND_RETRIES": "many"})
+    with pytest.raises(TargetError, match="DERMSEG_SEND_TIMEOUT"):
+        send_options_from_env({"DERMSEG_SEND_TIMEOUT": "0"})
+    with pytest.raises(TargetError, match="calling AE title"):
+        send_options_from_env({"DERMSEG_CALLING_AET": "A" * 17})
+
+
+def test_the_app_settings_hold_the_send_options_where_there_is_somewhere_to_send():
+    sending = {"DERMSEG_SEND_TO": "dicom://PACS@pacs:104", "DERMSEG_SEND_RETRIES": "5", "DERMSEG_DICOMWEB_TOKEN": "t"}
+    settings = AppSettings.from_env(sending)
+    assert settings.send == SendOptions(retries=5, dicomweb_token="t")
+    # nowhere to send: the send options are neither read nor checked, as the app never uses them
+    assert AppSettings.from_env({"DERMSEG_SEND_RETRIES": "many"}).send is None
+    with pytest.raises(TargetError, match="DICOM port"):
+        AppSettings.from_env({"DERMSEG_SEND_TO": "dicom://PACS@pacs"})
+    with pytest.raises(TargetError, match="DERMSEG_SEND_RETRIES='many'"):
+        AppSettings.from_env({**sending, "DERMSEG_SEND_RETRIES": "many"})

@@ -30,7 +30,7 @@ from operators import (
 )
 from operators.results import case_entry, read_results, write_results
 from operators.case import atomic_write_bytes, case_output_dir, is_valid_uid
-from operators.confidence import DEFAULT_THRESHOLD, case_confidence, flip_agreement, lesion_confidence, route_for, threshold_from_env
+from operators.confidence import case_confidence, flip_agreement, lesion_confidence, route_for
 from operators.dicom_outputs import (
     build_binary_seg,
     build_fractional_seg,
@@ -370,14 +370,6 @@ def test_confidence_means_something():
     assert route_for(c_sharp, 0.8) == "accepted" and route_for(c_washed, 0.8) == "review"
     assert route_for(0.8, 0.8) == "accepted"
     assert flip_agreement(sharp > 0.5, sharp > 0.5) == 1.0 and flip_agreement(sharp > 0.5, nothing > 0.5) == 0.0
-
-
-def test_confidence_threshold_from_env():
-    assert threshold_from_env({}) == DEFAULT_THRESHOLD
-    assert threshold_from_env({"DERMSEG_CONFIDENCE_THRESHOLD": "0.35"}) == 0.35
-    for bad in ("1.5", "-0.1", "high"):
-        with pytest.raises(ValueError, match="DERMSEG_CONFIDENCE_THRESHOLD"):
-            threshold_from_env({"DERMSEG_CONFIDENCE_THRESHOLD": bad})
 
 
 def test_confidence_operator_alone():

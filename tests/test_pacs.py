@@ -16,8 +16,10 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
 
 import highdicom as hd
 import numpy as np
@@ -29,9 +31,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from monai_app import send as send_cli
 from monai_app.pacs import (
+    TRANSPORTS,
     DicomWebTarget,
     DimseTarget,
-    SendOptions,
+    Outcome,
     TargetError,
     find_dicom_outputs,
     parse_targets,
@@ -300,17 +303,36 @@ def test_target_errors_say_what_is_wrong(text, message):
     assert "hunter2" not in str(raised.value)
 
 
-def test_options_come_from_the_environment_and_are_checked():
-    environ = {"DERMSEG_CALLING_AET": "EDGE1", "DERMSEG_SEND_TIMEOUT": "7.5", "DERMSEG_SEND_RETRIES": "4"}
-    options = SendOptions.from_env(environ)
-    assert (options.calling_aet, options.timeout, options.retries, options.retry_delay) == ("EDGE1", 7.5, 4, 2.0)
-    assert SendOptions.from_env(environ, retries=0).retries == 0  # an argument beats the environment
-    with pytest.raises(TargetError, match="DERMSEG_SEND_RETRIES='many'"):
-        SendOptions.from_env({"DERMSEG_SEND_RETRIES": "many"})
-    with pytest.raises(TargetError, match="DERMSEG_SEND_TIMEOUT"):
-        SendOptions.from_env({"DERMSEG_SEND_TIMEOUT": "0"})
-    with pytest.raises(TargetError, match="calling AE title"):
-        SendOptions.from_env({"DERMSEG_CALLING_AET": "A" * 17})
+def test_a_new_transport_is_one_registry_entry(tmp_path, monkeypatch):
+    """Parsing, sending, retries and records go through TRANSPORTS by scheme: a registered transport needs no
+    other change."""
+
+    @dataclass(frozen=True)
+    class FakeTarget:
+        name: str
+        scheme = "fake"
+
+        @property
+        def label(self):
+            return f"fake://{self.name}"
+
+    calls = []
+
+    def send(target, objects, out_dir, options):
+        calls.append([obj.path for obj in objects])
+        busy = len(calls) == 1  # the first attempt finds the PACS busy, the retry gets through
+        return {obj: Outcome("busy", retryable=True) if busy else Outcome() for obj in objects}
+
+    fake = SimpleNamespace(EXAMPLE="fake://NAME (test)", parse=lambda url: FakeTarget(url.parts.hostname), send=send)
+    monkeypatch.setitem(TRANSPORTS, "fake", fake)
+    with pytest.raises(TargetError, match=r"expected dicom://AET@host:port \(C-STORE\), .* or fake://NAME \(test\)"):
+        parse_targets("gopher://h")
+    write_run(tmp_path)
+
+    summary = send_outputs(tmp_path, "fake://pacs1", retries=1, retry_delay=0.0)
+
+    assert summary.ok and summary.sent == 4 and len(calls) == 2 and calls[0] == calls[1]
+    assert {(r["target"], r["status"], r["attempts"]) for r in transfers(tmp_path)} == {("fake://pacs1", "sent", 2)}
 
 
 def test_dicom_outputs_are_found_by_content_in_send_order(tmp_path):
@@ -332,20 +354,21 @@ def test_dicom_outputs_are_found_by_content_in_send_order(tmp_path):
 
 
 def test_stow_rs_answers_are_read_per_instance():
-    from monai_app.pacs import DicomObject, _stow_outcome
+    from monai_app.pacs import DicomObject
+    from monai_app.pacs.dicomweb import stow_outcome
 
     obj = DicomObject("a/seg.dcm", SEGMENTATION, "1.2.3.4", str(ExplicitVRLittleEndian))
     stored = {"00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["1.2.3.4"]}}]}}
     refused = {"00081198": {"vr": "SQ", "Value": [
         {"00081155": {"vr": "UI", "Value": ["1.2.3.4"]}, "00081197": {"vr": "US", "Value": [0xC122]}}
     ]}}
-    assert _stow_outcome(200, json.dumps(stored).encode(), obj).sent
-    assert _stow_outcome(200, b"", obj).sent  # no body to read: the status says it all
-    outcome = _stow_outcome(409, json.dumps(refused).encode(), obj)
+    assert stow_outcome(200, json.dumps(stored).encode(), obj).sent
+    assert stow_outcome(200, b"", obj).sent  # no body to read: the status says it all
+    outcome = stow_outcome(409, json.dumps(refused).encode(), obj)
     assert not outcome.sent and not outcome.retryable and "failure reason 0xC122" in outcome.error
-    assert "failure reason 0xC122" in _stow_outcome(202, json.dumps(refused).encode(), obj).error
-    assert _stow_outcome(503, b"busy", obj).retryable
-    assert "not authorised" in _stow_outcome(401, b"", obj).error
+    assert "failure reason 0xC122" in stow_outcome(202, json.dumps(refused).encode(), obj).error
+    assert stow_outcome(503, b"busy", obj).retryable
+    assert "not authorised" in stow_outcome(401, b"", obj).error
 
 
 def test_cli_without_a_usable_target_or_run_exits_2(tmp_path, monkeypatch, capsys):
