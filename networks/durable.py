@@ -14,7 +14,7 @@ import secrets
 from pathlib import Path
 from typing import Callable, Union
 
-__all__ = ["atomic_write_with", "atomic_write_bytes", "is_partial_name", "partial_name"]
+__all__ = ["atomic_write_with", "atomic_write_bytes", "atomic_symlink", "fsync_folder", "is_partial_name", "partial_name"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -57,3 +57,22 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             f.write(data)
 
     atomic_write_with(path, write)
+
+
+def fsync_folder(folder: PathLike) -> None:
+    """Make renames and new entries in ``folder`` durable (a rename is only safe once its folder is synced)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_symlink(target: str, link: PathLike) -> None:
+    """Make ``link`` a symbolic link to ``target``, replacing what is there by one atomic rename, and sync its
+    folder: a reader sees the old link or the new one, never none."""
+    link = Path(link)
+    tmp = partial_name(link)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    fsync_folder(link.parent)

@@ -26,7 +26,10 @@ from networks.preprocessing import MODEL_INPUT_SIZE
 
 from .case import ModelInfo
 
-__all__ = ["resolve_model_file", "load_model", "load_torchscript_model", "OnnxRuntimeModel", "read_model_info"]
+__all__ = [
+    "resolve_model_file", "load_model", "load_torchscript_model", "OnnxRuntimeModel", "read_model_info",
+    "read_torchscript_metadata",
+]
 
 TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".pth", ".zip")
 ONNX_SUFFIX = ".onnx"
@@ -182,3 +185,30 @@ def load_torchscript_model(path, device: torch.device | str = "cpu") -> Tuple[to
     module = torch.jit.load(str(model_file), map_location=device, _extra_files=extra_files)
     module.eval()
     return module, read_model_info(extra_files["metadata.json"], fallback_name=model_file.stem)
+
+
+# ---------------------------------------------------------------------- checking an export before it is deployed
+
+
+def read_torchscript_metadata(path) -> dict:
+    """The ``metadata.json`` a TorchScript export embeds (MONAI's ``ckpt_export`` writes it), as the dict it holds.
+
+    Unlike :func:`read_model_info`, which fills in defaults so that an export without metadata can still be
+    served, this returns the metadata as written and refuses what it cannot read: the edge store installs a model
+    under the version stated here.  Loading the archive with TorchScript (on the CPU) also proves it is one; no
+    pickle is ever unpickled.  ValueError, naming the file, for a file that is not TorchScript or metadata that
+    is not a JSON object.
+    """
+    extra_files = {"metadata.json": ""}
+    try:
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
+    except Exception as exc:  # torch raises RuntimeError, ValueError or its own types for a bad archive
+        first_line = next(iter(str(exc).splitlines()), "")
+        raise ValueError(f"{path}: not a TorchScript model ({type(exc).__name__}: {first_line})") from None
+    try:
+        metadata = json.loads(extra_files["metadata.json"] or "{}")
+    except ValueError as exc:
+        raise ValueError(f"{path}: its metadata.json is not JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: its metadata.json is not a JSON object")
+    return metadata

@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from monai_app.edge import EdgeStore, EdgeStoreError
+from monai_app.edge import CaseState, EdgeStore, EdgeStoreError
 from monai_app.edge.__main__ import main as edge_cli
 
 from _edge_helpers import REPO_ROOT, case_pixels, case_uids, record_test_case, write_dms
@@ -190,3 +190,18 @@ def test_newer_schema_is_refused(store_dir):
         db.execute("PRAGMA user_version=99")
     with pytest.raises(EdgeStoreError, match="newer than this software"):
         EdgeStore(store_dir)
+
+
+def test_the_stored_states_are_those_of_existing_stores(store_dir, tmp_path):
+    """Stores already on disk hold these strings and this schema: the enums must keep writing exactly them."""
+    _fill(store_dir, tmp_path / "work", routes=("accepted", "review"))
+    import sqlite3
+
+    with sqlite3.connect(store_dir / "edge.sqlite") as db:
+        cases_sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'cases'").fetchone()[0]
+        stored = db.execute("SELECT route, state, typeof(state) FROM cases ORDER BY route").fetchall()
+    assert "CHECK (route IN ('accepted', 'review'))" in cases_sql
+    assert "CHECK (state IN ('accepted', 'review', 'corrected'))" in cases_sql
+    assert stored == [("accepted", "accepted", "text"), ("review", "review", "text")]
+    assert [state.value for state in CaseState] == ["accepted", "review", "corrected"]
+

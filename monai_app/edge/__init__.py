@@ -10,8 +10,14 @@ The app calls one method per written case when ``DERMSEG_EDGE_STORE=DIR`` is set
                           seg_path=..., sr_path=..., overlay_path=...)
 
 Everything else is ``python -m monai_app.edge --store DIR <command>``.
+
+The parts: ``store.py`` (the case store and review queue, ``EdgeStore``), ``model_registry.py`` (the deployed
+model versions), ``database.py`` (the crash-safe write protocol both use), ``schema.py`` (the folder layout, the
+SQLite schema, the case states), ``corrections.py`` and ``review_package.py`` (the reviewer's round trip).
 """
 
-from .store import CaseRecord, EdgeStore, EdgeStoreError, is_valid_uid
+from .model_registry import ModelRegistry
+from .schema import CaseRecord, CaseState, EdgeStoreError
+from .store import EdgeStore, is_valid_uid
 
-__all__ = ["EdgeStore", "EdgeStoreError", "CaseRecord", "is_valid_uid"]
+__all__ = ["EdgeStore", "EdgeStoreError", "CaseRecord", "CaseState", "ModelRegistry", "is_valid_uid"]

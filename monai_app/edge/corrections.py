@@ -23,13 +23,14 @@ from typing import Dict, List, Tuple
 import numpy as np
 import PIL.Image
 
-from .store import ROUTE_REVIEW, STATE_CORRECTED, CorrectedMask, EdgeStore, is_valid_uid
+from operators.conventions import SEGMENTATION_STORAGE, is_valid_uid
+
+from .schema import PNG_SIGNATURE, CaseState, CorrectedMask
+from .store import EdgeStore
 
 __all__ = ["CorrectionError", "ImportReport", "read_correction", "import_corrections", "SEGMENTATION_STORAGE"]
 
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 SKIN_LESION_CODE = ("95324001", "SCT")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class CorrectionError(Exception):
@@ -200,11 +201,11 @@ def import_corrections(store: EdgeStore, folder) -> ImportReport:
             continue
         correction = corrections[0]
         state = store.get_case(uid).state
-        if state == STATE_CORRECTED and _same_as_stored(correction, store):
+        if state == CaseState.CORRECTED and _same_as_stored(correction, store):
             report.unchanged.append((correction.origin, uid))
-        elif state != ROUTE_REVIEW:
+        elif state != CaseState.REVIEW:
             case = store.get_case(uid)
-            why = f"corrected from {case.correction_file} at {case.corrected_at}" if state == STATE_CORRECTED else "accepted"
+            why = f"corrected from {case.correction_file} at {case.corrected_at}" if state == CaseState.CORRECTED else "accepted"
             report.failed.append(CorrectionError(correction.origin, f"case {uid} is not waiting for review ({why})"))
         else:
             ready.append(correction)

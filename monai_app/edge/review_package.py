@@ -1,18 +1,26 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
-"""The review package the edge hands to the institution: what to check, and how to send corrections back."""
+"""The review package the edge hands to the institution: what to check, and how to send corrections back.
+
+The package is built beside its destination and renamed into place, so a reviewer never sees half a package.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import PIL.Image
 
-__all__ = ["build_review_package", "README_TEXT"]
+from networks.durable import partial_name
+from operators.conventions import utc_timestamp
+
+from .schema import EdgeStoreError
+
+__all__ = ["export_review_package", "build_review_package", "README_TEXT"]
 
 README_TEXT = """\
 Skin-lesion segmentations waiting for review
@@ -92,10 +100,31 @@ def build_review_package(cases: Sequence, folder: Path, model_version: Optional[
         )
     manifest = {
         "kind": "dermseg edge review package",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": utc_timestamp(),
         "active_model_version": model_version,
         "cases": entries,
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (folder / "README.txt").write_text(README_TEXT)
+    return manifest
+
+
+def export_review_package(cases: Sequence, out_folder, model_version: Optional[str]) -> dict:
+    """Write the review package of ``cases`` into ``out_folder`` (new or empty); return its manifest.
+
+    The package is built in a temporary folder beside ``out_folder`` and renamed into place.
+    """
+    out_folder = Path(out_folder).absolute()
+    if out_folder.exists() and (not out_folder.is_dir() or any(out_folder.iterdir())):
+        raise EdgeStoreError(f"{out_folder} exists and is not an empty folder; choose a new one")
+    out_folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = partial_name(out_folder)
+    try:
+        manifest = build_review_package(cases, staging, model_version)
+        if out_folder.exists():
+            out_folder.rmdir()
+        os.rename(staging, out_folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return manifest
