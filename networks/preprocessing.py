@@ -143,24 +143,30 @@ def clean_mask(mask: np.ndarray, cleanup: str = "none") -> np.ndarray:
     return mask
 
 
-class LoadRGBd(MapTransform):
+class _ReadPathsd(MapTransform):
+    """Replace file paths under ``keys`` with what the subclass's ``read`` makes of each."""
+
+    @staticmethod
+    def read(path) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.read(d[key])
+        return d
+
+
+class LoadRGBd(_ReadPathsd):
     """Replace file paths under ``keys`` with ``(H, W, 3)`` uint8 arrays read by :func:`read_rgb`."""
 
-    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = read_rgb(d[key])
-        return d
+    read = staticmethod(read_rgb)
 
 
-class LoadMaskd(MapTransform):
+class LoadMaskd(_ReadPathsd):
     """Replace file paths under ``keys`` with ``(H, W)`` uint8 masks read by :func:`read_mask`."""
 
-    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = read_mask(d[key])
-        return d
+    read = staticmethod(read_mask)
 
 
 class PrepareRGB(Transform):

@@ -24,24 +24,21 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
 from .preprocessing import colour_constancy_layer
 
-__all__ = ["ResidualInception", "DoubleConv", "ConvGRUCell", "BiConvGRUFusion", "ConcatFusion", "DecoderLevel", "RIBCUNet"]
+__all__ = [
+    "FeatureBlock", "ResidualInception", "DoubleConv", "ConvGRUCell", "BiConvGRUFusion", "ConcatFusion", "DecoderLevel",
+    "RIBCUNet",
+]
 
 
-class ResidualInception(nn.Module):
-    """Residual Inception block: ``m = act(concat(b1, b2, b3)(n) + shortcut(n))``, spatial size kept.
+def _conv3x3(spatial_dims: int, cin: int, cout: int, act, norm, dropout: Optional[float], bias: bool) -> Convolution:
+    """The 3x3 unit both feature blocks are made of: convolution ("same" padding), normalisation, then the
+    activation and dropout unless ``None`` (then the layer is left out, not an identity)."""
+    return Convolution(spatial_dims, cin, cout, kernel_size=3, act=act, norm=norm, dropout=dropout, bias=bias)
 
-    Three parallel branches read the input ``n``:
 
-    - ``b1``: a 1x1 convolution;
-    - ``b2``: a 1x1 reduction, then a 3x3 convolution;
-    - ``b3``: a 1x1 reduction, then two 3x3 convolutions (the receptive field of a 5x5 with fewer weights).
-
-    Their outputs (``out_channels // 4``, ``out_channels // 4`` and the rest) are concatenated and added to the
-    input; the shortcut is a 1x1 projection with normalisation where the channel count changes.  Every
-    convolution is followed by normalisation; the activation follows each inner convolution and the sum.
-
-    The 1x1 convolutions read the same input, so they run as two fused convolutions whose output channels are
-    split afterwards: the same maths as separate convolutions (normalisation is per channel), fewer passes.
+class FeatureBlock(nn.Module):
+    """The base of the level blocks :class:`ResidualInception` and :class:`DoubleConv`: one constructor, so a level
+    builds either (the ``residual_inception`` switch).  A subclass makes its layers in ``build``, given the arguments.
 
     Args:
         spatial_dims: 2 or 3.
@@ -67,6 +64,31 @@ class ResidualInception(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
+        self.build(spatial_dims, in_channels, out_channels, act, norm, dropout, bias)
+
+    def build(self, spatial_dims: int, in_channels: int, out_channels: int, act, norm, dropout: float, bias: bool) -> None:
+        raise NotImplementedError
+
+
+class ResidualInception(FeatureBlock):
+    """Residual Inception block: ``m = act(concat(b1, b2, b3)(n) + shortcut(n))``, spatial size kept.
+
+    Three parallel branches read the input ``n``:
+
+    - ``b1``: a 1x1 convolution;
+    - ``b2``: a 1x1 reduction, then a 3x3 convolution;
+    - ``b3``: a 1x1 reduction, then two 3x3 convolutions (the receptive field of a 5x5 with fewer weights).
+
+    Their outputs (``out_channels // 4``, ``out_channels // 4`` and the rest) are concatenated and added to the
+    input; the shortcut is a 1x1 projection with normalisation where the channel count changes.  Every
+    convolution is followed by normalisation; the activation follows each inner convolution and the sum.
+
+    The 1x1 convolutions read the same input, so they run as two fused convolutions whose output channels are
+    split afterwards: the same maths as separate convolutions (normalisation is per channel), fewer passes.
+    Arguments and shapes: :class:`FeatureBlock`.
+    """
+
+    def build(self, spatial_dims: int, in_channels: int, out_channels: int, act, norm, dropout: float, bias: bool) -> None:
         if out_channels < 4:
             raise ValueError(f"ResidualInception needs out_channels >= 4 for its three branches, got {out_channels}.")
         b1 = out_channels // 4
@@ -84,20 +106,12 @@ class ResidualInception(nn.Module):
             get_norm_layer(norm, spatial_dims, sum(self.split_sizes)),
         )
 
-        def conv3x3(cin: int, cout: int, with_act: bool) -> Convolution:
-            return Convolution(
-                spatial_dims,
-                cin,
-                cout,
-                kernel_size=3,
-                act=act if with_act else None,
-                norm=norm,
-                dropout=dropout if with_act else None,
-                bias=bias,
-            )
-
-        self.branch2 = conv3x3(reduce, b2, with_act=False)
-        self.branch3 = nn.Sequential(conv3x3(reduce, b3, with_act=True), conv3x3(b3, b3, with_act=False))
+        # the last convolution of each branch is activated only after the sum, like the pointwise branch
+        self.branch2 = _conv3x3(spatial_dims, reduce, b2, None, norm, None, bias)
+        self.branch3 = nn.Sequential(
+            _conv3x3(spatial_dims, reduce, b3, act, norm, dropout, bias),
+            _conv3x3(spatial_dims, b3, b3, None, norm, None, bias),
+        )
         self.out_act = get_act_layer(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,29 +122,15 @@ class ResidualInception(nn.Module):
         return self.out_act(y + shortcut)
 
 
-class DoubleConv(nn.Sequential):
-    """The plain U-Net unit: two 3x3 convolution, normalisation, activation layers.
+class DoubleConv(FeatureBlock):
+    """The plain U-Net unit: two 3x3 convolution, normalisation, activation layers (arguments: :class:`FeatureBlock`)."""
 
-    Shapes:
-        ``(B, in_channels, *S)`` to ``(B, out_channels, *S)``.
-    """
+    def build(self, spatial_dims: int, in_channels: int, out_channels: int, act, norm, dropout: float, bias: bool) -> None:
+        self.conv_0 = _conv3x3(spatial_dims, in_channels, out_channels, act, norm, dropout, bias)
+        self.conv_1 = _conv3x3(spatial_dims, out_channels, out_channels, act, norm, dropout, bias)
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        act: Union[str, tuple] = ("relu", {"inplace": True}),
-        norm: Union[str, tuple] = "batch",
-        dropout: float = 0.0,
-        bias: bool = False,
-    ) -> None:
-        super().__init__()
-        for i, cin in enumerate((in_channels, out_channels)):
-            self.add_module(
-                f"conv_{i}",
-                Convolution(spatial_dims, cin, out_channels, kernel_size=3, act=act, norm=norm, dropout=dropout, bias=bias),
-            )
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_1(self.conv_0(x))
 
 
 class ConvGRUCell(nn.Module):

@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from .case import ModelInfo
+from .conventions import MANUFACTURER
 
 __all__ = [
     "MANUFACTURER",
@@ -35,7 +36,6 @@ __all__ = [
     "output_uid",
 ]
 
-MANUFACTURER = "dermseg"
 try:
     SOFTWARE_VERSION = _metadata.version("dermseg")
 except _metadata.PackageNotFoundError:  # run from a source tree that was not pip-installed

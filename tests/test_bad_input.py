@@ -258,8 +258,12 @@ def test_case_failing_while_written_leaves_nothing(tmp_path):
     cases[0].mask = np.zeros((5, 7), np.uint8)  # a mask that does not fit its image: no SEG can be built
     out = tmp_path / "out"
     out.mkdir()
-    (batch,) = run_operator_alone(lambda app: LesionSegWriterOperator(app, output_folder=out, name="w"), cases)
+    emitted = run_operator_alone(
+        lambda app: LesionSegWriterOperator(app, output_folder=out, name="w"), cases, outputs=("cases", "segs")
+    )
+    (batch,), (segs,) = emitted["cases"], emitted["segs"]
     broken, fine = batch
+    assert set(segs) == {fine.sop_instance_uid}  # the SR writer gets no SEG for the broken case
     assert broken.status == "error" and broken.error.startswith("broken.png: writing the DICOM-SEG failed")
     assert broken.outputs == {}
     assert fine.ok and set(fine.outputs) == {"source", "seg", "seg_probability"}

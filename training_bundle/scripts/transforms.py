@@ -21,7 +21,29 @@ _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.2
 _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
-class RandHueSaturationd(RandomizableTransform, MapTransform):
+class _RandImageTransformd(RandomizableTransform, MapTransform):
+    """Draws the random parameters once per call and gives every image under ``keys`` the same change, so the
+    images of one sample stay consistent; a subclass draws in ``randomize`` and says in ``change`` what it does
+    to one image (a tensor)."""
+
+    def __init__(self, keys: KeysCollection, prob: float, allow_missing_keys: bool) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+
+    def change(self, image: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = self.change(torch.as_tensor(d[key]))
+        return d
+
+
+class RandHueSaturationd(_RandImageTransformd):
     """Shift the hue and scale the saturation of ``(3, H, W)`` RGB images in [0, 1], one 3x3 colour matrix each.
 
     Dermoscopes and cameras differ in white balance and colour rendering; MONAI's intensity transforms act on
@@ -30,8 +52,7 @@ class RandHueSaturationd(RandomizableTransform, MapTransform):
     """
 
     def __init__(self, keys: KeysCollection, prob: float = 0.5, hue: float = 0.05, saturation: float = 0.3, allow_missing_keys: bool = False):
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
+        super().__init__(keys, prob, allow_missing_keys)
         self.hue, self.saturation = float(hue), float(saturation)
         self._matrix = torch.eye(3)
 
@@ -43,19 +64,12 @@ class RandHueSaturationd(RandomizableTransform, MapTransform):
         chroma = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
         self._matrix = _YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        self.randomize()
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            image = torch.as_tensor(d[key])
-            matrix = self._matrix.to(image.device, image.dtype)
-            d[key] = torch.einsum("ij,jhw->ihw", matrix, image).clamp_(0.0, 1.0)
-        return d
+    def change(self, image: torch.Tensor) -> torch.Tensor:
+        matrix = self._matrix.to(image.device, image.dtype)
+        return torch.einsum("ij,jhw->ihw", matrix, image).clamp_(0.0, 1.0)
 
 
-class RandVignetted(RandomizableTransform, MapTransform):
+class RandVignetted(_RandImageTransformd):
     """Darken ``(C, H, W)`` images towards their corners, as a dermoscope's optics or a phone's lens do.
 
     The gain is ``clip(1 - strength * (r / r0) ** 2, 0, 1)`` with ``r`` the distance from a centre shifted by up
@@ -64,8 +78,7 @@ class RandVignetted(RandomizableTransform, MapTransform):
     """
 
     def __init__(self, keys: KeysCollection, prob: float = 0.5, strength_range=(0.2, 0.8), max_shift: float = 0.15, allow_missing_keys: bool = False):
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
+        super().__init__(keys, prob, allow_missing_keys)
         self.strength_range = (float(strength_range[0]), float(strength_range[1]))
         self.max_shift = float(max_shift)
         self._strength, self._centre = 0.0, (0.0, 0.0)
@@ -75,19 +88,12 @@ class RandVignetted(RandomizableTransform, MapTransform):
         self._strength = self.R.uniform(*self.strength_range)
         self._centre = (self.R.uniform(-self.max_shift, self.max_shift), self.R.uniform(-self.max_shift, self.max_shift))
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        self.randomize()
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            image = torch.as_tensor(d[key])
-            h, w = image.shape[-2:]
-            y = torch.linspace(-1.0, 1.0, h, device=image.device)[:, None] - self._centre[0]
-            x = torch.linspace(-1.0, 1.0, w, device=image.device)[None, :] - self._centre[1]
-            gain = (1.0 - self._strength * (x * x + y * y) / 2.0).clamp_(0.0, 1.0)
-            d[key] = image * gain.to(image.dtype)
-        return d
+    def change(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        y = torch.linspace(-1.0, 1.0, h, device=image.device)[:, None] - self._centre[0]
+        x = torch.linspace(-1.0, 1.0, w, device=image.device)[None, :] - self._centre[1]
+        gain = (1.0 - self._strength * (x * x + y * y) / 2.0).clamp_(0.0, 1.0)
+        return image * gain.to(image.dtype)
 
 
 class LogitsToOriginalSized(MapTransform):
