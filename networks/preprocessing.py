@@ -179,34 +179,37 @@ class PrepareRGB(Transform):
         return rgb_to_model_input(image, self.size)
 
 
-class PrepareRGBd(MapTransform):
+class _ToModelSized(MapTransform):
+    """Shared shape of the dictionary transforms below: :meth:`convert` each key's value at ``size``."""
+
+    def __init__(self, keys: KeysCollection, size: Sequence[int] = MODEL_INPUT_SIZE, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.size = tuple(size)
+
+    def convert(self, d: Dict[Hashable, object], key: Hashable) -> None:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            self.convert(d, key)
+        return d
+
+
+class PrepareRGBd(_ToModelSized):
     """Dictionary form of :class:`PrepareRGB`; keeps the photo's ``(H, W)`` under ``"<key>_original_size"``."""
 
-    def __init__(self, keys: KeysCollection, size: Sequence[int] = MODEL_INPUT_SIZE, allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.size = tuple(size)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            image = d[key]
-            d[f"{key}_original_size"] = torch.tensor(np.asarray(image).shape[:2])
-            d[key] = rgb_to_model_input(image, self.size)
-        return d
+    def convert(self, d: Dict[Hashable, object], key: Hashable) -> None:
+        image = d[key]
+        d[f"{key}_original_size"] = torch.tensor(np.asarray(image).shape[:2])
+        d[key] = rgb_to_model_input(image, self.size)
 
 
-class PrepareMaskd(MapTransform):
+class PrepareMaskd(_ToModelSized):
     """Dictionary form of :func:`mask_to_model_target`."""
 
-    def __init__(self, keys: KeysCollection, size: Sequence[int] = MODEL_INPUT_SIZE, allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.size = tuple(size)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = mask_to_model_target(d[key], self.size)
-        return d
+    def convert(self, d: Dict[Hashable, object], key: Hashable) -> None:
+        d[key] = mask_to_model_target(d[key], self.size)
 
 
 COLOUR_CONSTANCY = ("none", "shades_of_grey")

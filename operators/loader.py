@@ -42,8 +42,6 @@ __all__ = [
     "SkippedInput",
 ]
 
-logger = logging.getLogger(__name__)
-
 
 class InputKind(NamedTuple):
     """One kind of input file: how a skipped file's message names it, and its reader, which returns the case or
