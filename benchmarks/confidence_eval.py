@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from networks.preprocessing import read_mask, read_rgb  # noqa: E402
 from operators.case import Case  # noqa: E402
-from operators.confidence import case_confidence  # noqa: E402
+from operators.confidence import DEFAULT_MEASURE, MEASURES, case_confidence  # noqa: E402
 from operators.model import load_model, resolve_model_file  # noqa: E402
 from operators.segmentation import segment_cases  # noqa: E402
 
@@ -88,7 +88,8 @@ def random_model(folder: Path) -> Path:
     return path
 
 
-def evaluate(model_path: Path, data: Path, datalist: Path, split: str, limit: int | None, tta: bool, batch_size: int):
+def evaluate(model_path: Path, data: Path, datalist: Path, split: str, limit: int | None, tta: bool, batch_size: int,
+             measure: str = DEFAULT_MEASURE):
     model, info = load_model(model_path)  # as the app loads it: ONNX Runtime on the CPU where there is model.onnx
     items = json.loads(datalist.read_text())[split][: limit or None]
     records = []
@@ -105,10 +106,10 @@ def evaluate(model_path: Path, data: Path, datalist: Path, split: str, limit: in
             record = {
                 "image": item["image"],
                 "jaccard": jaccard(case.mask, truth),
-                "confidence": case_confidence(case.probability),  # what the app computes by default
+                "confidence": case_confidence(case.probability, measure=measure),  # what the app computes
             }
             if tta:  # what the app computes with DERMSEG_FLIP_TTA=1
-                record["confidence_tta"] = case_confidence(case.probability, case.flip_agreement)
+                record["confidence_tta"] = case_confidence(case.probability, case.flip_agreement, measure)
                 record["flip_agreement"] = case.flip_agreement
             records.append(record)
         print(f"  {len(records)}/{len(items)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
@@ -152,6 +153,8 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="testing")
     parser.add_argument("--limit", type=int, default=None, help="first N images of the split only")
     parser.add_argument("--tta", action="store_true", help="also score with flip agreement (DERMSEG_FLIP_TTA=1)")
+    parser.add_argument("--measure", choices=sorted(MEASURES), default=DEFAULT_MEASURE,
+                        help="the confidence measure (DERMSEG_CONFIDENCE_MEASURE)")
     parser.add_argument("--random-model", action="store_true", help="a random model (exercises the script only)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None, help="write the per-image records and summaries here")
@@ -164,7 +167,8 @@ def main(argv=None) -> int:
                   " only 16 images.")
             model_path = random_model(Path(scratch))
             args.limit = min(args.limit or 16, 16)
-        info, records = evaluate(model_path, args.data, args.datalist, args.split, args.limit, args.tta, args.batch_size)
+        info, records = evaluate(model_path, args.data, args.datalist, args.split, args.limit, args.tta, args.batch_size,
+                                 args.measure)
     print(f"model {info.name} {info.version}, split {args.split} of {args.data}")
     summaries = [summarise(records, "confidence")] + ([summarise(records, "confidence_tta")] if args.tta else [])
     for summary in summaries:

@@ -26,6 +26,11 @@ from .settings import AppSettings
 
 __all__ = ["SkinLesionSegApp"]
 
+# Writers that need nothing but the routed cases, by branch name: each runs as its own branch beside the SEG/SR
+# branch and joins before the results are recorded.  A new output is a writer (a subclass of
+# operators.writers.CaseWriter) in its own module and one entry here.
+INDEPENDENT_WRITERS = {"overlays": OverlayWriterOperator}
+
 # Cases the loader emits at a time: enough to keep the graph's per-chunk cost small, few enough to bound the
 # memory that full-size photos and their probability maps take.
 PIPELINE_CHUNK = 8
@@ -85,9 +90,12 @@ class SkinLesionSegApp(Application):
             self, output_folder=output_folder, write_probability_seg=settings.write_probability_seg, name="write_seg"
         )
         write_sr = MeasurementReportWriterOperator(self, output_folder=output_folder, name="write_sr")
-        write_overlays = OverlayWriterOperator(self, output_folder=output_folder, name="write_overlays")
+        writers = {
+            name: writer(self, output_folder=output_folder, name=f"write_{name}")
+            for name, writer in INDEPENDENT_WRITERS.items()
+        }
         join_writers = JoinWritersOperator(
-            self, output_folder=output_folder, branches=("reports", "overlays"), name="join_writers"
+            self, output_folder=output_folder, branches=("reports", *writers), name="join_writers"
         )
         self.results_writer = write_results = ResultsWriterOperator(
             self, output_folder=output_folder, settings=settings.for_results(), name="write_results"
@@ -96,12 +104,13 @@ class SkinLesionSegApp(Application):
 
         self.add_flow(load_photos, segment_lesions, {("cases", "cases")})
         self.add_flow(segment_lesions, score_confidence, {("cases", "cases")})
-        # two independent writer branches: the SEG, then the SR that references it; the overlays
+        # independent writer branches from the routed cases: the SEG, then the SR that references it; the others
         self.add_flow(score_confidence, write_seg, {("cases", "cases")})
         self.add_flow(write_seg, write_sr, {("cases", "cases"), ("segs", "segs")})
-        self.add_flow(score_confidence, write_overlays, {("cases", "cases")})
         self.add_flow(write_sr, join_writers, {("cases", "reports")})
-        self.add_flow(write_overlays, join_writers, {("cases", "overlays")})
+        for name, writer in writers.items():
+            self.add_flow(score_confidence, writer, {("cases", "cases")})
+            self.add_flow(writer, join_writers, {("cases", name)})
         written = join_writers
         if settings.edge_store:
             # the edge loop: accepted cases become training samples, review cases wait for a person; a case the

@@ -23,7 +23,7 @@ that it replaced; with the shipped model 0.3.0 they are 0.901 and 0.696.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -31,6 +31,8 @@ from .conventions import Route
 
 __all__ = [
     "case_confidence",
+    "MEASURES",
+    "DEFAULT_MEASURE",
     "DEFAULT_THRESHOLD",
     "lesion_confidence",
     "flip_agreement",
@@ -62,9 +64,18 @@ def lesion_confidence(probability: np.ndarray) -> float:
     return float(np.clip(uncertain_area * (1.0 - border_contact), 0.0, 1.0))
 
 
-def case_confidence(probability: np.ndarray, flip_agreement: Optional[float] = None) -> float:
-    """The app's confidence: :func:`lesion_confidence`, times the flip agreement where test-time flips ran."""
-    confidence = lesion_confidence(probability)
+# The confidence measures the app can route by (DERMSEG_CONFIDENCE_MEASURE), each ``probability (H, W) -> [0, 1]``.
+# A new measure is a function in its own module and one entry here; benchmarks/confidence_eval.py --measure NAME
+# compares it with the others on the same images.
+MEASURES: Dict[str, Callable[[np.ndarray], float]] = {"lesion": lesion_confidence}
+DEFAULT_MEASURE = "lesion"
+
+
+def case_confidence(probability: np.ndarray, flip_agreement: Optional[float] = None, measure: str = DEFAULT_MEASURE) -> float:
+    """The app's confidence: the ``measure`` (:data:`MEASURES`), times the flip agreement where test-time flips ran."""
+    if measure not in MEASURES:
+        raise ValueError(f"confidence measure {measure!r} must be one of {', '.join(MEASURES)}")
+    confidence = MEASURES[measure](probability)
     if flip_agreement is not None:
         confidence *= float(np.clip(flip_agreement, 0.0, 1.0))
     return confidence

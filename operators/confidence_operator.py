@@ -7,13 +7,13 @@ from monai.deploy.core import Fragment
 
 from .case import Case
 from .case_step import CaseStepOperator
-from .confidence import DEFAULT_THRESHOLD, case_confidence, route_for
+from .confidence import DEFAULT_MEASURE, DEFAULT_THRESHOLD, MEASURES, case_confidence, route_for
 
 __all__ = ["ConfidenceRoutingOperator"]
 
 
 class ConfidenceRoutingOperator(CaseStepOperator):
-    """Scores each segmentation with :func:`operators.confidence.case_confidence` and routes it.
+    """Scores each segmentation with :func:`operators.confidence.case_confidence` (its ``measure``) and routes it.
 
     Named input:
         cases: list of Case with ``probability``.
@@ -24,12 +24,15 @@ class ConfidenceRoutingOperator(CaseStepOperator):
 
     stage = "confidence"
 
-    def __init__(self, fragment: Fragment, *args, threshold: float = DEFAULT_THRESHOLD, **kwargs):
+    def __init__(self, fragment: Fragment, *args, threshold: float = DEFAULT_THRESHOLD, measure: str = DEFAULT_MEASURE, **kwargs):
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"confidence threshold {threshold} must be between 0 and 1")
+        if measure not in MEASURES:
+            raise ValueError(f"confidence measure {measure!r} must be one of {', '.join(MEASURES)}")
         self.threshold = float(threshold)
+        self.measure = measure
         super().__init__(fragment, *args, **kwargs)
 
     def process(self, case: Case) -> None:
-        case.confidence = case_confidence(case.probability, case.flip_agreement)
+        case.confidence = case_confidence(case.probability, case.flip_agreement, self.measure)
         case.route = route_for(case.confidence, self.threshold)

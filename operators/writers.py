@@ -23,6 +23,7 @@ from .conventions import CaseStatus
 from .results import OUTPUT_NAMES, case_entry, write_results
 
 __all__ = [
+    "CaseWriter",
     "LesionSegWriterOperator",
     "MeasurementReportWriterOperator",
     "OverlayWriterOperator",
@@ -54,7 +55,7 @@ def discard_outputs(output_folder: Path, case: Case) -> None:
             pass  # not empty: it holds another run's files, which are not this case's to remove
 
 
-class _CaseWriter(CaseStepOperator):
+class CaseWriter(CaseStepOperator):
     """Shared shape of the writers: each case's outputs go to ``OUT/<source UID>/``; a failed case leaves none."""
 
     stage = "writing"
@@ -76,7 +77,7 @@ class _CaseWriter(CaseStepOperator):
         raise NotImplementedError
 
 
-class LesionSegWriterOperator(_CaseWriter):
+class LesionSegWriterOperator(CaseWriter):
     """Writes the BINARY DICOM-SEG of each lesion (and optionally the FRACTIONAL SEG of its probabilities).
 
     A plain photo's VL Photographic wrapper is written first, as ``source.dcm``: the SEG references it.
@@ -118,7 +119,7 @@ class LesionSegWriterOperator(_CaseWriter):
         self._segs[case.sop_instance_uid] = seg  # once the case's SEGs are all written
 
 
-class MeasurementReportWriterOperator(_CaseWriter):
+class MeasurementReportWriterOperator(CaseWriter):
     """Writes the TID 1500 SR: lesion area (mm2 with pixel spacing, else pixels) and confidence, per SEG segment.
 
     Named inputs: cases (with ``mask`` and ``confidence``); segs, from the SEG writer.
@@ -152,7 +153,7 @@ class MeasurementReportWriterOperator(_CaseWriter):
         self._record(case, "sr", path)
 
 
-class OverlayWriterOperator(_CaseWriter):
+class OverlayWriterOperator(CaseWriter):
     """Writes the overlay for people (PNG) and for PACS viewers that cannot draw a SEG (Secondary Capture).
 
     Named input:  cases (with ``rgb`` and ``mask``).
