@@ -408,7 +408,7 @@ def test_c_store_sends_seg_sr_and_images_and_records_them(namespace, orthanc, tm
     assert {r["status"] for r in records} == {"sent"} and {r["attempts"] for r in records} == {1}
     assert {r["target"] for r in records} == {orthanc.dicom_target}
     assert {r["sop_instance_uid"] for r in records} == {ds.SOPInstanceUID for ds in datasets.values()}
-    assert all(r["error"] is None and r["time"].endswith("Z") and r["sop_class_uid"] for r in records)
+    assert all(r["error"] is None and r["time"].endswith("+00:00") and r["sop_class_uid"] for r in records)
 
     with namespace.entered():  # a second send has nothing left to do
         again = send_outputs(tmp_path, orthanc.dicom_target, **QUICK)

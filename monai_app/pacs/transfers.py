@@ -54,7 +54,7 @@ def transfer_record(
         "status": SENT if outcome.sent else FAILED,
         "error": outcome.error,
         "attempts": (previous.get("attempts", 0) if same_instance else 0) + attempts,
-        "time": utc_timestamp().replace("+00:00", "Z"),  # the records have always stated UTC as "Z"
+        "time": utc_timestamp(),
     }
 
 
