@@ -49,14 +49,7 @@ from networks.export import export_onnx  # noqa: E402
 from networks.preprocessing import logits_to_probability, probability_to_mask, rgb_to_model_input  # noqa: E402
 from operators.case import ModelInfo  # noqa: E402
 from operators.confidence import lesion_confidence  # noqa: E402
-from operators.dicom_outputs import (  # noqa: E402
-    build_binary_seg,
-    build_fractional_seg,
-    build_measurement_report,
-    build_overlay_sc,
-    lesion_area,
-    overlay_rgb,
-)
+from operators import dicom_outputs as build  # noqa: E402
 from operators.loader import dicom_to_rgb, load_file  # noqa: E402
 from operators.model import load_model, resolve_model_file  # noqa: E402
 from operators.writers import write_png  # noqa: E402
@@ -136,18 +129,18 @@ def stage_table(paths: List[Path], model, info: ModelInfo, out: Path, batch: int
             case.confidence = lesion_confidence(case.probability)
             seconds["confidence"] += time.perf_counter() - t
             t = time.perf_counter()
-            seg = build_binary_seg(case.source, case.mask, info)
+            seg = build.build_binary_seg(case.source, case.mask, info)
             seg.save_as(out / f"{i}_seg.dcm")
-            build_fractional_seg(case.source, case.probability, info).save_as(out / f"{i}_fseg.dcm")
+            build.build_fractional_seg(case.source, case.probability, info).save_as(out / f"{i}_fseg.dcm")
             seconds["SEG (binary + fractional)"] += time.perf_counter() - t
             t = time.perf_counter()
-            area, unit = lesion_area(case.source, case.mask)
-            build_measurement_report(case.source, seg, info, area, unit, case.confidence).save_as(out / f"{i}_sr.dcm")
+            area, unit = build.lesion_area(case.source, case.mask)
+            build.build_measurement_report(case.source, seg, info, area, unit, case.confidence).save_as(out / f"{i}_sr.dcm")
             seconds["SR"] += time.perf_counter() - t
             t = time.perf_counter()
-            overlay = overlay_rgb(case.rgb, case.mask)
+            overlay = build.overlay_rgb(case.rgb, case.mask)
             write_png(overlay, out / f"{i}_overlay.png")
-            build_overlay_sc(case.source, overlay, info).save_as(out / f"{i}_sc.dcm")
+            build.build_overlay_sc(case.source, overlay, info).save_as(out / f"{i}_sc.dcm")
             seconds["overlay PNG + SC"] += time.perf_counter() - t
     return seconds
 
@@ -241,7 +234,7 @@ def main() -> None:
         print(f"| {name} | {1e3 * s / args.cases:.1f} | {100 * s / total:.0f}% |")
     print(f"| **all stages** | **{1e3 * total / args.cases:.1f}** | {args.cases / total:.2f} images/s |")
 
-    print(f"\nThe whole app, `python -m monai_app`, start-up included\n")
+    print("\nThe whole app, `python -m monai_app`, start-up included\n")
     print("| run | cases (ok) | wall (s) | images/s | target | peak RSS (MiB) |")
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| start-up alone (empty input) | 0 | {startup['wall_s']:.1f} | | | {startup['peak_rss_mib']:.0f} |")

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from typing import List
+from typing import List, Tuple
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
@@ -19,19 +19,28 @@ class CaseStepOperator(Operator):
 
     Named input:  cases, a chunk of :class:`~operators.case.Case`.
     Named output: cases, the same chunk.
+
+    A step that hands something else along (the SEG writer's SEGs, which the SR writer references) names its
+    extra ports in ``side_inputs``/``side_outputs`` and receives or emits on them in :meth:`begin_chunk` and
+    :meth:`end_chunk`.
     """
 
     stage = "processing"
+    side_inputs: Tuple[str, ...] = ()
+    side_outputs: Tuple[str, ...] = ()
 
     def __init__(self, fragment: Fragment, *args, **kwargs):
         self._logger = logging.getLogger(f"{type(self).__module__}.{type(self).__name__}")
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec):
-        spec.input("cases")
-        spec.output("cases")
+        for port in ("cases", *self.side_inputs):
+            spec.input(port)
+        for port in ("cases", *self.side_outputs):
+            spec.output(port)
 
     def compute(self, op_input, op_output, context):
+        self.begin_chunk(op_input)
         cases: List[Case] = op_input.receive("cases")
         for case in cases:
             if not case.ok:
@@ -42,6 +51,13 @@ class CaseStepOperator(Operator):
                 case.fail(self.stage, exc)
                 self.discard(case)
         op_output.emit(cases, "cases")
+        self.end_chunk(op_output)
+
+    def begin_chunk(self, op_input) -> None:
+        """Receive from the side inputs before the chunk's cases are processed; nothing by default."""
+
+    def end_chunk(self, op_output) -> None:
+        """Emit on the side outputs after the chunk's cases; nothing by default."""
 
     def process(self, case: Case) -> None:
         raise NotImplementedError

@@ -89,18 +89,17 @@ class LesionSegWriterOperator(CaseWriter):
 
     stage = "writing the DICOM-SEG"
 
+    side_outputs = ("segs",)
+
     def __init__(self, fragment: Fragment, *args, output_folder: Path, write_probability_seg: bool = True, **kwargs):
         self.write_probability_seg = bool(write_probability_seg)
         self._segs: Dict[str, object] = {}
         super().__init__(fragment, *args, output_folder=output_folder, **kwargs)
 
-    def setup(self, spec: OperatorSpec):
-        super().setup(spec)
-        spec.output("segs")
-
-    def compute(self, op_input, op_output, context):
+    def begin_chunk(self, op_input) -> None:
         self._segs = {}
-        super().compute(op_input, op_output, context)
+
+    def end_chunk(self, op_output) -> None:
         op_output.emit(self._segs, "segs")
 
     def write_case(self, case: Case, folder: Path) -> None:
@@ -128,17 +127,10 @@ class MeasurementReportWriterOperator(CaseWriter):
 
     stage = "writing the measurement report"
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs):
-        self._segs: Dict[str, object] = {}
-        super().__init__(fragment, *args, output_folder=output_folder, **kwargs)
+    side_inputs = ("segs",)
 
-    def setup(self, spec: OperatorSpec):
-        super().setup(spec)
-        spec.input("segs")
-
-    def compute(self, op_input, op_output, context):
-        self._segs = op_input.receive("segs")
-        super().compute(op_input, op_output, context)
+    def begin_chunk(self, op_input) -> None:
+        self._segs: Dict[str, object] = op_input.receive("segs")
 
     def write_case(self, case: Case, folder: Path) -> None:
         seg = self._segs[case.sop_instance_uid]
