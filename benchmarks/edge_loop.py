@@ -12,8 +12,9 @@
    images plus the edge datalist, and exports the next model version, which is installed at the edge.
    A control arm fine-tunes the same way on the ISIC images alone, so that what the edge samples bought is
    separated from what more training bought.
-4. Everything is scored by the bundle's own ``evaluate.json`` on ``--test-cases`` further test-split images
-   (disjoint from the edge set), and the routing by the per-image Jaccard of the deployed model on the edge set.
+4. Everything is scored by the bundle's own evaluation (``train.json`` + ``evaluate.json``) on ``--test-cases``
+   further test-split images (disjoint from the edge set), and the routing by the per-image Jaccard of the
+   deployed model on the edge set.
 
 Needs ``../shared/data`` (the ISIC copies).  CPU cost with the defaults: about 20-40 minutes on 2 cores.
 """
@@ -48,16 +49,21 @@ def run(args: List[str], env: Dict[str, str] | None = None) -> subprocess.Comple
     return result
 
 
-def bundle(config: str, **overrides) -> None:
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", BUNDLE / "configs" / config, "--bundle_root", BUNDLE]
+def config_files(*names: str) -> str:
+    """The bundle's configs ``names``, layered in this order, as ``monai.bundle``'s ``--config_file`` takes a list."""
+    return repr([str(BUNDLE / "configs" / name) for name in names])
+
+
+def bundle(configs: List[str], **overrides) -> None:
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_files(*configs), "--bundle_root", BUNDLE]
     for key, value in overrides.items():
         args += [f"--{key}", value if isinstance(value, str) else repr(value)]
     run(args)
 
 
 def evaluate(checkpoint: Path, datalist: Path, out: Path) -> Dict[str, float]:
-    bundle("evaluate.json", checkpoint=str(checkpoint), datalist_file=str(datalist), dataset_dir=str(SHARED / "isic2018_task1_512"),
-           output_dir=str(out), train_log=str(out / "none.csv"))
+    bundle(["train.json", "evaluate.json"], checkpoint=str(checkpoint), datalist_file=str(datalist),
+           dataset_dir=str(SHARED / "isic2018_task1_512"), output_dir=str(out), train_log=str(out / "none.csv"))
     return json.loads((out / "metrics.json").read_text())["metrics"]
 
 
@@ -124,7 +130,7 @@ def main() -> None:
     arms = {}
     for arm, extra in (("with edge samples", [str(work / "edge_datalist.json")]), ("ISIC only (control)", [])):
         folder = work / ("finetune_edge" if extra else "finetune_control")
-        bundle("train.json", datalist_file=str(work / "isic_subset.json"), dataset_dir=str(data256), extra_datalists=extra,
+        bundle(["train.json"], datalist_file=str(work / "isic_subset.json"), dataset_dir=str(data256), extra_datalists=extra,
                pretrained_checkpoint=str(deployed_pt), learning_rate=args.learning_rate, epochs=args.epochs,
                **SHIPPED_LOSS,
                ckpt_dir=str(folder / "models"), output_dir=str(folder / "eval"), resume=False)
@@ -139,7 +145,7 @@ def main() -> None:
     next_models.mkdir(exist_ok=True)
     run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", next_models / "model.ts",
          "--ckpt_file", arms["with edge samples"], "--meta_file", work / "metadata_next.json",
-         "--config_file", BUNDLE / "configs" / "inference.json", "--bundle_root", BUNDLE])
+         "--config_file", config_files("train.json", "inference.json"), "--bundle_root", BUNDLE])
     run([sys.executable, BUNDLE / "scripts" / "export_onnx.py", "--bundle_root", BUNDLE, "--filepath", next_models / "model.onnx",
          "--ckpt_file", arms["with edge samples"], "--meta_file", work / "metadata_next.json"])
     run([sys.executable, "-m", "monai_app.edge", "--store", store, "install-model", next_models])

@@ -24,6 +24,9 @@ SAMPLE_DATALIST = SAMPLE_DIR / "datalist.json"
 SHARED_ISIC_256 = REPO_ROOT.parent / "shared" / "data" / "isic2018_task1_256"
 PYTHON = sys.executable
 TEST_IMAGE_SIZE = [32, 32]
+# evaluate.json and inference.json are layered over train.json (which defines network_def and the model's settings)
+EVALUATE_CONFIGS = ["train.json", "evaluate.json"]
+INFERENCE_CONFIGS = ["train.json", "inference.json"]
 
 
 def copy_bundle(dst: Path) -> Path:
@@ -83,8 +86,14 @@ def run_cli(args: Sequence[str], cwd: Path, timeout: int = 300) -> subprocess.Co
     return proc
 
 
+def config_files(bundle: Path, configs: Sequence[str]) -> str:
+    """The bundle copy's ``configs``, layered in this order, as ``python -m monai.bundle --config_file`` takes a list."""
+    return repr([str(bundle / "configs" / c) for c in configs])
+
+
 def config_workflow(bundle: Path, configs: Sequence[str], workflow_type: str, **overrides: Any):
-    """A ``monai.bundle.ConfigWorkflow`` of the bundle copy's ``configs`` with the given overrides."""
+    """A ``monai.bundle.ConfigWorkflow`` of the bundle copy's ``configs`` (layered in this order) with the given
+    overrides."""
     from monai.bundle import ConfigWorkflow
 
     return ConfigWorkflow(

@@ -16,10 +16,13 @@ import torch
 
 from _bundle_helpers import (
     BUNDLE_ROOT,
+    EVALUATE_CONFIGS,
+    INFERENCE_CONFIGS,
     PYTHON,
     SAMPLE_DATALIST,
     SAMPLE_DIR,
     cli_args,
+    config_files,
     config_workflow,
     copy_bundle,
     run_cli,
@@ -127,7 +130,7 @@ def test_evaluate_scores_at_original_size_and_writes_report(trained_bundle, tmp_
     shutil.copy(trained_bundle / "eval" / "train_log.csv", tmp_path / "train_log.csv")
     workflow = config_workflow(
         trained_bundle,
-        ["evaluate.json"],
+        EVALUATE_CONFIGS,
         "infer",
         **sample_overrides(
             trained_bundle, dataset_dir=str(data), datalist_file=str(data / "datalist.json"), output_dir=str(out), train_log=str(tmp_path / "train_log.csv")
@@ -137,6 +140,11 @@ def test_evaluate_scores_at_original_size_and_writes_report(trained_bundle, tmp_
     assert workflow.check_properties() == []
     workflow.run()
     monai_mean_iou = workflow.parser.get_parsed_content("evaluator").state.metrics["test_mean_jaccard"]
+    # layered over train.json, the evaluation instantiates only what its `run` needs: nothing of the training
+    # (no training or validation dataset is loaded, no optimizer is made)
+    built = {k.replace("::", "#").split("#")[0] for k in workflow.parser.ref_resolver.resolved_content}
+    assert "evaluator" in built and "network_def" in built
+    assert not built & {"train", "validate", "optimizer", "lr_scheduler", "checkpoint_handlers", "resume_checkpoint"}, built
     workflow.finalize()
 
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
@@ -170,7 +178,7 @@ def test_inference_writes_masks_and_probabilities_at_original_size(trained_bundl
     out = tmp_path / "out"
     run_cli(
         [
-            PYTHON, "-m", "monai.bundle", "run", "--config_file", trained_bundle / "configs" / "inference.json",
+            PYTHON, "-m", "monai.bundle", "run", "--config_file", config_files(trained_bundle, INFERENCE_CONFIGS),
             *cli_args(sample_overrides(trained_bundle, dataset_dir=str(photos), output_dir=str(out), test_time_flips=True)),
         ],
         cwd=tmp_path,
@@ -194,8 +202,13 @@ def test_all_configs_have_their_properties(tmp_path, monkeypatch):
         port = s.getsockname()[1]
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
         monkeypatch.setenv(key, value)
-    for configs, kind in ((["train.json"], "train"), (["train.json", "multi_gpu_train.json"], "train"), (["evaluate.json"], "infer"), (["inference.json"], "infer")):
-        overrides = sample_overrides(bundle, dataset_dir=str(SAMPLE_DIR / "ISIC2018_Task1-2_Training_Input")) if configs == ["inference.json"] else sample_overrides(bundle)
+    recipe_evaluate = ["train.json", "train_recipe.json", "evaluate.json"]
+    for configs, kind in (
+        (["train.json"], "train"), (["train.json", "multi_gpu_train.json"], "train"), (EVALUATE_CONFIGS, "infer"),
+        (recipe_evaluate, "infer"), (INFERENCE_CONFIGS, "infer"),
+    ):
+        photos = configs[-1] == "inference.json"
+        overrides = sample_overrides(bundle, dataset_dir=str(SAMPLE_DIR / "ISIC2018_Task1-2_Training_Input")) if photos else sample_overrides(bundle)
         workflow = config_workflow(bundle, configs, kind, **overrides)
         workflow.initialize()
         try:
@@ -214,29 +227,45 @@ def test_model_zoo_checks_and_export_round_trip(trained_bundle, tmp_path):
     from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
     bundle = trained_bundle
-    meta_file, inference = bundle / "configs" / "metadata.json", bundle / "configs" / "inference.json"
+    meta_file = bundle / "configs" / "metadata.json"
+    inference = [str(bundle / "configs" / c) for c in INFERENCE_CONFIGS]
     metadata = json.loads(meta_file.read_text())
     assert "Apache License" in (bundle / "LICENSE").read_text()
     assert metadata["version"] in metadata["changelog"]
     verify_metadata(meta_file=str(meta_file), filepath=str(bundle / "docs" / "meta_schema_20240725.json"))
-    verify_net_in_out(net_id="network_def", meta_file=str(meta_file), config_file=str(inference), bundle_root=str(bundle))
+    verify_net_in_out(net_id="network_def", meta_file=str(meta_file), config_file=inference, bundle_root=str(bundle))
 
-    # ckpt_export from the CLI, from an unrelated folder
+    # ckpt_export from the CLI, from an unrelated folder, with the layered configs
     run_cli(
         [
             PYTHON, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", bundle / "models" / "model.ts",
-            "--ckpt_file", bundle / "models" / "model.pt", "--meta_file", meta_file, "--config_file", inference, "--bundle_root", bundle,
+            "--ckpt_file", bundle / "models" / "model.pt", "--meta_file", meta_file,
+            "--config_file", config_files(bundle, INFERENCE_CONFIGS), "--bundle_root", bundle,
         ],
         cwd=tmp_path,
     )
-    extra = {"metadata.json": "", "inference.json": ""}
+    # ckpt_export embeds each config file under its own name: train.json (with network_def) and inference.json
+    extra = {"metadata.json": "", "train.json": "", "inference.json": ""}
     scripted = torch.jit.load(str(bundle / "models" / "model.ts"), _extra_files=extra)
     embedded = json.loads(extra["metadata.json"])
     assert embedded["version"] == metadata["version"] and embedded["name"] == metadata["name"]
-    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "networks.RIBCUNet"
+    for name in INFERENCE_CONFIGS:
+        assert json.loads(extra[name]) == json.loads((bundle / "configs" / name).read_text()), name
+    assert json.loads(extra["train.json"])["network_def"]["_target_"] == "networks.RIBCUNet"
+
+    # the embedded configs, layered in the same order, rebuild the exported network: it takes the weights of
+    # model.ts and computes what it computes
+    for name in INFERENCE_CONFIGS:
+        (tmp_path / name).write_bytes(extra[name])
+    parser = ConfigParser()
+    parser.read_config([str(tmp_path / name) for name in INFERENCE_CONFIGS])
+    parser["bundle_root"] = str(bundle)
+    rebuilt = parser.get_parsed_content("network_def")
+    rebuilt.load_state_dict(scripted.state_dict())
+    rebuilt.eval()
 
     parser = ConfigParser()
-    parser.read_config(str(inference))
+    parser.read_config(inference)
     parser["bundle_root"] = str(bundle)
     eager = parser.get_parsed_content("network_def")
     eager.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
@@ -245,6 +274,7 @@ def test_model_zoo_checks_and_export_round_trip(trained_bundle, tmp_path):
     with torch.no_grad():
         expected = eager(x)
         assert torch.allclose(scripted(x), expected, atol=1e-5)
+        assert torch.equal(rebuilt(x), expected)
 
     import onnxruntime
 
@@ -280,12 +310,49 @@ def test_shipped_metadata_tells_the_truth():
     from networks.preprocessing import MODEL_INPUT_SIZE
 
     assert list(MODEL_INPUT_SIZE) == image["spatial_shape"]
-    for name in ("train.json", "evaluate.json", "inference.json"):
-        assert json.loads((BUNDLE_ROOT / "configs" / name).read_text())["image_size"] == image["spatial_shape"], name
+    assert json.loads((BUNDLE_ROOT / "configs" / "train.json").read_text())["image_size"] == image["spatial_shape"]
+
+
+# what train.json alone defines: evaluate.json and inference.json, layered over it, must not define them again
+MODEL_KEYS = ("network_def", "image_size", "channels", "residual_inception", "bi_convgru", "dropout", "colour_constancy", "device")
+
+
+def _layered(configs, **overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / c) for c in configs])
+    parser.update({"bundle_root": str(BUNDLE_ROOT), **overrides})
+    return parser
+
+
+def test_network_and_model_settings_are_defined_once_in_train_json():
+    train = json.loads((BUNDLE_ROOT / "configs" / "train.json").read_text())
+    for configs in (EVALUATE_CONFIGS, INFERENCE_CONFIGS):
+        layer = json.loads((BUNDLE_ROOT / "configs" / configs[-1]).read_text())
+        assert not set(MODEL_KEYS) & set(layer), configs[-1]
+        assert not {k for k in layer if k in train and layer[k] == train[k]}, f"{configs[-1]} repeats train.json"
+        parser = _layered(configs)
+        for key in MODEL_KEYS:
+            assert parser.get(key) == train[key], key
+        # the evaluation's own settings win over training's where both name one
+        assert parser["batch_size"] == 1 and parser["run"] == ["$@evaluator.run()"]
+        assert "memory_format" not in parser["network"]  # evaluated as served: float32, the default layout
+    assert "datalist_file" not in json.loads((BUNDLE_ROOT / "configs" / "evaluate.json").read_text())
+
+    # a model trained with the modern recipe is evaluated with its layer too, and so gets its network settings
+    from networks.preprocessing import colour_constancy_layer
+
+    recipe = json.loads((BUNDLE_ROOT / "configs" / "train_recipe.json").read_text())
+    for configs in (["train.json", "train_recipe.json", "evaluate.json"], ["train.json", "train_recipe.json", "inference.json"]):
+        parser = _layered(configs, channels=[4, 8, 16, 32, 64])
+        assert parser.get_parsed_content("colour_constancy") == recipe["colour_constancy"] != train["colour_constancy"]
+        network = parser.get_parsed_content("network_def")
+        assert type(network.colour_constancy) is type(colour_constancy_layer(recipe["colour_constancy"])), configs
 
 
 def _evaluate(bundle: Path, out: Path, **overrides) -> dict:
-    workflow = config_workflow(bundle, ["evaluate.json"], "infer", **sample_overrides(bundle, output_dir=str(out), report=False, **overrides))
+    workflow = config_workflow(bundle, EVALUATE_CONFIGS, "infer", **sample_overrides(bundle, output_dir=str(out), report=False, **overrides))
     workflow.initialize()
     workflow.run()
     workflow.finalize()
@@ -293,8 +360,8 @@ def _evaluate(bundle: Path, out: Path, **overrides) -> dict:
 
 
 def test_int8_export_and_scoring_exports_as_the_app_serves_them(trained_bundle, tmp_path):
-    """quantize_onnx.py makes the int8 model from the ONNX export; evaluate.json scores either export through
-    ONNX Runtime, and the float export scores what model.pt scores."""
+    """quantize_onnx.py makes the int8 model from the ONNX export; the evaluation (train.json + evaluate.json)
+    scores either export through ONNX Runtime, and the float export scores what model.pt scores."""
     import onnxruntime
 
     bundle = copy_bundle(tmp_path / "bundle")

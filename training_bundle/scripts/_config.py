@@ -1,5 +1,11 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
-"""Shared command-line plumbing of the bundle's scripts: reading configs with overrides like ``monai.bundle``."""
+"""Shared command-line plumbing of the bundle's scripts: reading configs with overrides like ``monai.bundle``.
+
+``evaluate.json`` and ``inference.json`` are layered over ``train.json``, which alone defines ``network_def`` and
+the model's settings: ``EVALUATE_CONFIGS`` and ``INFERENCE_CONFIGS`` are those layers, in order.  A model trained
+with ``train_recipe.json`` needs that file between the two, for the recipe's network settings (its
+``colour_constancy``): ``configs/train.json configs/train_recipe.json configs/evaluate.json``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,11 @@ from typing import Any, Dict, List, Sequence
 
 from monai.bundle import ConfigParser
 
-__all__ = ["parse_overrides", "load_config"]
+__all__ = ["TRAIN_CONFIG", "EVALUATE_CONFIGS", "INFERENCE_CONFIGS", "parse_overrides", "load_config"]
+
+TRAIN_CONFIG = "configs/train.json"
+EVALUATE_CONFIGS = (TRAIN_CONFIG, "configs/evaluate.json")
+INFERENCE_CONFIGS = (TRAIN_CONFIG, "configs/inference.json")
 
 
 def parse_overrides(pairs: Sequence[str] | None) -> Dict[str, Any]:

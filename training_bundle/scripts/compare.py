@@ -9,7 +9,8 @@ and the paper's own figures.
     python training_bundle/scripts/compare.py --work_dir runs/compare --train --evaluate
 
 Each variant is the bundle's own configs plus overrides: the ablations flip ``residual_inception`` and
-``bi_convgru``; the MONAI peers append ``configs/net_monai_*.json`` (which replace ``network_def``).  A variant's
+``bi_convgru``; the MONAI peers append ``configs/net_monai_*.json`` (which replace ``network_def``) to
+``train.json`` for training and to ``train.json`` + ``evaluate.json`` for evaluation.  A variant's
 checkpoints go to ``WORK_DIR/<variant>/models`` and its evaluation to ``WORK_DIR/<variant>/eval``, so runs are
 independent and each one resumes on its own.  Every ``--override KEY=VALUE`` goes to all of them (data folder,
 epochs, widths ...).  GFLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` for one image at the
@@ -32,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts._config import load_config, parse_overrides  # noqa: E402
+from scripts._config import EVALUATE_CONFIGS, INFERENCE_CONFIGS, TRAIN_CONFIG, load_config, parse_overrides  # noqa: E402
 
 __all__ = ["VARIANTS", "PAPER", "count_cost", "cpu_latency_ms", "run_variant", "collect", "format_table"]
 
@@ -66,7 +67,7 @@ def _variant_overrides(work_dir: str, name: str, common: Dict[str, Any]) -> Dict
 
 def _inference_config(bundle_root: str, name: str, overrides: Dict[str, Any]):
     """The variant's inference config (its ``network_def``) and its ``image_size``."""
-    parser = load_config(bundle_root, ["configs/inference.json", *VARIANTS[name][1]], {**VARIANTS[name][2], **overrides})
+    parser = load_config(bundle_root, [*INFERENCE_CONFIGS, *VARIANTS[name][1]], {**VARIANTS[name][2], **overrides})
     return parser, [int(s) for s in parser.get_parsed_content("image_size")]
 
 
@@ -106,11 +107,10 @@ def run_variant(bundle_root: str, work_dir: str, name: str, common: Dict[str, An
     from monai.bundle import ConfigWorkflow
 
     overrides = _variant_overrides(work_dir, name, common)
-    extra = [os.path.join(bundle_root, f) for f in VARIANTS[name][1]]
-    steps = ([("train.json", "train")] if train else []) + ([("evaluate.json", "infer")] if evaluate else [])
-    for config, workflow_type in steps:
+    steps = ([((TRAIN_CONFIG,), "train")] if train else []) + ([(EVALUATE_CONFIGS, "infer")] if evaluate else [])
+    for configs, workflow_type in steps:
         workflow = ConfigWorkflow(
-            config_file=[os.path.join(bundle_root, "configs", config), *extra],
+            config_file=[os.path.join(bundle_root, f) for f in (*configs, *VARIANTS[name][1])],
             meta_file=os.path.join(bundle_root, "configs", "metadata.json"),
             logging_file=os.path.join(bundle_root, "configs", "logging.conf"),
             workflow_type=workflow_type,
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         if args.train or args.evaluate:
             run_variant(bundle_root, args.work_dir, name, common, args.train, args.evaluate)
     rows = collect(bundle_root, args.work_dir, args.variants, common, args.latency_repeats)
-    image_size = common.get("image_size", load_config(bundle_root, ["configs/inference.json"]).get_parsed_content("image_size"))
+    image_size = common.get("image_size", load_config(bundle_root, [TRAIN_CONFIG]).get_parsed_content("image_size"))
     table = format_table(rows, image_size)
     print(table)
     if args.output:

@@ -7,8 +7,11 @@ ONNX Runtime against PyTorch on a random input.
 writes ``models/model.onnx``: input ``image`` (N, 3, 256, 256) float32 RGB in [0, 1], output ``pred``
 (N, 1, 256, 256) lesion logits, the batch dimension dynamic.  The ONNX ``metadata_props`` hold the bundle's
 ``name``, ``version`` and the whole ``metadata.json`` under ``"metadata.json"``, as ``ckpt_export`` embeds it in
-``model.ts``; ``--meta_file`` embeds another one (a new version's).  Use ``--override channels=[64,128,256,512,1024]``
-(etc.) for a network trained with overrides.
+``model.ts``; ``--meta_file`` embeds another one (a new version's).  ``network_def`` comes from ``train.json``
+(with ``inference.json`` layered over it, as ``ckpt_export`` reads them); for a model trained with the modern
+recipe add its layer, ``--config_file configs/train.json configs/train_recipe.json configs/inference.json``, so
+that the export has the recipe's network settings (its colour constancy).  Use
+``--override channels=[64,128,256,512,1024]`` (etc.) for a network trained with overrides.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from networks.export import ONNX_INPUT, ONNX_OUTPUT  # noqa: E402
 from networks.export import export_onnx as export_network_onnx  # noqa: E402
-from scripts._config import load_config, parse_overrides  # noqa: E402
+from scripts._config import INFERENCE_CONFIGS, load_config, parse_overrides  # noqa: E402
 
 __all__ = ["export_onnx"]
 
@@ -35,7 +38,7 @@ def export_onnx(
     bundle_root: str,
     filepath: str | None = None,
     ckpt_file: str | None = None,
-    config_file: Sequence[str] = ("configs/inference.json",),
+    config_file: Sequence[str] = INFERENCE_CONFIGS,
     overrides: dict | None = None,
     opset: int = 18,
     atol: float = 1e-3,
@@ -79,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--filepath", help="ONNX file to write (default models/model.onnx)")
     ap.add_argument("--ckpt_file", help="weights (default models/model.pt)")
     ap.add_argument("--meta_file", help="metadata.json to embed (default the bundle's configs/metadata.json)")
-    ap.add_argument("--config_file", nargs="+", default=["configs/inference.json"], help="config file(s) defining network_def")
+    ap.add_argument("--config_file", nargs="+", default=list(INFERENCE_CONFIGS),
+                    help="config files, layered in this order, defining network_def (default: train.json, inference.json)")
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. bi_convgru=False")
     ap.add_argument("--opset", type=int, default=18)
     args = ap.parse_args(argv)

@@ -8,8 +8,8 @@ reads ``models/model.onnx`` and writes ``models/model_int8.onnx``: ONNX Runtime'
 format, int8 weights per output channel, uint8 activations, their ranges calibrated on ``--calibration_images``
 images of the **training** split (a seeded choice) put through ``networks.preprocessing`` at the input size the
 model's metadata states.  The inputs, outputs and embedded metadata are the float model's, with
-``"precision": "int8"`` and how it was made added, so the app, the edge store and ``evaluate.json``
-(``--onnx_file models/model_int8.onnx``) treat it like any other export.  Rerun it whenever ``model.onnx``
+``"precision": "int8"`` and how it was made added, so the app, the edge store and the evaluation
+(``train.json`` + ``evaluate.json`` with ``--onnx_file models/model_int8.onnx``) treat it like any other export.  Rerun it whenever ``model.onnx``
 changes.
 """
 
@@ -31,6 +31,7 @@ from networks.durable import atomic_write_bytes  # noqa: E402
 from networks.export import ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT  # noqa: E402
 from networks.preprocessing import read_rgb, rgb_to_model_input  # noqa: E402
 from operators.model import read_model_info  # noqa: E402
+from scripts._config import TRAIN_CONFIG, load_config  # noqa: E402
 
 __all__ = ["quantize_onnx", "quantize_static_int8", "calibration_inputs"]
 
@@ -124,15 +125,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--onnx_file", help="the float ONNX export (default models/model.onnx)")
     ap.add_argument("--filepath", help="the int8 model to write (default models/model_int8.onnx)")
     ap.add_argument("--dataset_dir", help="ISIC images (default: train.json's, the workspace's 256 px copy)")
-    ap.add_argument("--datalist_file", help="the split (default configs/datalist.json)")
+    ap.add_argument("--datalist_file", help="the split (default: train.json's, configs/datalist.json)")
     ap.add_argument("--calibration_images", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     root = args.bundle_root
     onnx_file = args.onnx_file or os.path.join(root, "models", "model.onnx")
     filepath = args.filepath or os.path.join(root, "models", "model_int8.onnx")
-    dataset_dir = args.dataset_dir or os.path.join(root, "..", "..", "shared", "data", "isic2018_task1_256")
-    datalist_file = args.datalist_file or os.path.join(root, "configs", "datalist.json")
+    train = load_config(root, [TRAIN_CONFIG])
+    dataset_dir = args.dataset_dir or train.get_parsed_content("dataset_dir")
+    datalist_file = args.datalist_file or train.get_parsed_content("datalist_file")
     metadata = quantize_onnx(onnx_file, filepath, dataset_dir, datalist_file, args.calibration_images, args.seed)
     with open(datalist_file) as f:
         validation = json.load(f)["validation"]

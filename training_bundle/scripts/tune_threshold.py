@@ -5,10 +5,14 @@ weights, so that every runtime keeps reading "lesion where the logit is above 0"
     python training_bundle/scripts/tune_threshold.py --bundle_root training_bundle --ckpt_file runs/x/models/model.pt
     python training_bundle/scripts/tune_threshold.py --bundle_root training_bundle --ckpt_file runs/x/models/model.pt \\
         --fold training_bundle/models/model.pt
+    # a model trained with the modern recipe: its layer too, for the recipe's network settings
+    python training_bundle/scripts/tune_threshold.py --bundle_root training_bundle --ckpt_file runs/x/models/model.pt \\
+        --config_file configs/train.json configs/train_recipe.json configs/evaluate.json
 
-It scores each validation image as ``evaluate.json`` scores the test split (the probability at the image's
-original size, mean Jaccard over images) at every threshold of ``--thresholds`` and with each clean-up of
-``networks.preprocessing.clean_mask`` (keep the largest component, fill holes), and prints the table.  With
+It reads ``train.json`` with ``evaluate.json`` layered over it and scores each validation image as that evaluation
+scores the test split (the probability at the image's original size, mean Jaccard over images) at every threshold
+of ``--thresholds`` and with each clean-up of ``networks.preprocessing.clean_mask`` (keep the largest component,
+fill holes), and prints the table.  With
 ``--fold`` it writes the weights with the best threshold ``t`` folded into the output convolution's bias
 (``bias - log(t / (1 - t))``): the sigmoid of the new logits crosses 0.5 where the old ones crossed ``t``.
 """
@@ -29,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from networks.durable import atomic_write_with  # noqa: E402
 from networks.preprocessing import CLEANUPS, clean_mask, logits_to_probability  # noqa: E402
-from scripts._config import load_config, parse_overrides  # noqa: E402
+from scripts._config import EVALUATE_CONFIGS, load_config, parse_overrides  # noqa: E402
 from scripts.metrics import confusion_counts, image_scores  # noqa: E402
 
 __all__ = ["validation_probabilities", "score_table", "fold_threshold"]
@@ -37,9 +41,12 @@ __all__ = ["validation_probabilities", "score_table", "fold_threshold"]
 DEFAULT_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 
 
-def validation_probabilities(bundle_root: str, ckpt_file: str, overrides: Dict | None = None):
-    """Yield ``(probability (H, W), label (H, W))`` for each validation image, by ``evaluate.json``'s data."""
-    parser = load_config(bundle_root, ["configs/evaluate.json"], {"datalist_key": "validation", "num_workers": 0, **(overrides or {})})
+def validation_probabilities(
+    bundle_root: str, ckpt_file: str, overrides: Dict | None = None, config_file: Sequence[str] = EVALUATE_CONFIGS
+):
+    """Yield ``(probability (H, W), label (H, W))`` for each validation image, by the evaluation's data and network
+    (``config_file``: ``train.json`` and ``evaluate.json``, plus any layer the model was trained with)."""
+    parser = load_config(bundle_root, config_file, {"datalist_key": "validation", "num_workers": 0, **(overrides or {})})
     network = parser.get_parsed_content("network_def").eval()
     state = torch.load(ckpt_file, map_location="cpu", weights_only=True)
     network.load_state_dict(state)
@@ -81,9 +88,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--ckpt_file", required=True, help="weights to tune (a model.pt state dict)")
     ap.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS))
     ap.add_argument("--fold", metavar="OUT_PT", help="write the weights with the best plain threshold folded in")
+    ap.add_argument("--config_file", nargs="+", default=list(EVALUATE_CONFIGS),
+                    help="config files, layered in this order (default: train.json, evaluate.json; a recipe-trained model: "
+                    "train.json, train_recipe.json, evaluate.json)")
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. dataset_dir=...")
     args = ap.parse_args(argv)
-    rows = score_table(validation_probabilities(args.bundle_root, args.ckpt_file, parse_overrides(args.override)), args.thresholds)
+    pairs = validation_probabilities(args.bundle_root, args.ckpt_file, parse_overrides(args.override), args.config_file)
+    rows = score_table(pairs, args.thresholds)
     print("| threshold | clean-up | validation mean Jaccard |\n|---:|---|---:|")
     for row in sorted(rows, key=lambda r: (r["cleanup"], r["threshold"])):
         print(f"| {row['threshold']:.2f} | {row['cleanup']} | {row['mean_jaccard']:.4f} |")
