@@ -168,6 +168,7 @@ def test_the_recipe_trains_resumes_and_keeps_the_ema(tmp_path):
     data = {k: str(v) for k, v in overrides.items() if k in ("dataset_dir", "datalist_file")}
     folded_file = tmp_path / "folded.pt"
     proc = run_cli([PYTHON, bundle / "scripts" / "tune_threshold.py", "--bundle_root", bundle, "--ckpt_file", bundle / "models" / "model.pt",
+                    "--config_file", "configs/train.json", "configs/train_recipe.json", "configs/evaluate.json",
                     "--fold", folded_file, "--thresholds", "0.4", "0.5", "0.6", "--override",
                     *[f"{k}={v}" for k, v in data.items()], "image_size=[32,32]"], cwd=tmp_path)
     table = [line for line in proc.stdout.splitlines() if line.startswith("| 0.")]
