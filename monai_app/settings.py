@@ -5,7 +5,9 @@ This module is the one reader of the ``DERMSEG_*`` variables.  Each variable's n
 message is written once, here; the operators and the PACS sender take plain values (a threshold, a
 :class:`~monai_app.pacs.SendOptions`), so they run and are tested without an environment, and a setting cannot be
 read two ways in two places.  The app builds one :class:`AppSettings` before it starts; the send command
-(``python -m monai_app.send``) reads only the sending part (:func:`send_to_from_env`, :func:`send_options_from_env`).
+(``python -m monai_app.send``) reads only the sending part (:func:`send_to_from_env`, :func:`send_options_from_env`);
+the edge service (``python -m monai_app.serve``) reads the app's settings and its Orthanc credentials
+(:func:`orthanc_credentials_from_env`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "DEFAULT_MODEL_PATH",
     "APP_CONFIG_SECTION",
     "apply_app_config_defaults",
+    "orthanc_credentials_from_env",
     "send_options_from_env",
     "send_to_from_env",
     "threshold_from_env",
@@ -43,6 +46,11 @@ ENV_SEND_TIMEOUT = "DERMSEG_SEND_TIMEOUT"
 ENV_SEND_RETRIES = "DERMSEG_SEND_RETRIES"
 ENV_SEND_RETRY_DELAY = "DERMSEG_SEND_RETRY_DELAY"
 ENV_DICOMWEB_TOKEN = "DERMSEG_DICOMWEB_TOKEN"
+# The edge service's account on its Orthanc's REST API (never on the command line, which every user can read).
+ENV_ORTHANC_USER = "DERMSEG_ORTHANC_USER"
+ENV_ORTHANC_PASSWORD = "DERMSEG_ORTHANC_PASSWORD"
+ENV_ORTHANC_PASSWORD_FILE = "DERMSEG_ORTHANC_PASSWORD_FILE"
+ORTHANC_CREDENTIAL_VARIABLES = (ENV_ORTHANC_USER, ENV_ORTHANC_PASSWORD, ENV_ORTHANC_PASSWORD_FILE)
 
 # The section of app.yaml holding the app's own settings, by their environment variable names.
 APP_CONFIG_SECTION = "dermseg"
@@ -164,6 +172,37 @@ def send_options_from_env(environ: Optional[Mapping[str, str]] = None, **overrid
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     return SendOptions(**values)
+
+
+def orthanc_credentials_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[Tuple[str, str]]:
+    """``(user, password)`` for Orthanc's REST API, or None where ``DERMSEG_ORTHANC_USER`` is unset.
+
+    The password comes from ``DERMSEG_ORTHANC_PASSWORD_FILE`` (a file holding it, as systemd's ``LoadCredential``
+    and Docker secrets provide; a final line break is dropped) or ``DERMSEG_ORTHANC_PASSWORD``, not both.  Any
+    half-given account is a ValueError that names the variables, never the password.
+    """
+    environ = os.environ if environ is None else environ
+    user = environ.get(ENV_ORTHANC_USER, "").strip()
+    password = environ.get(ENV_ORTHANC_PASSWORD) or None
+    password_file = environ.get(ENV_ORTHANC_PASSWORD_FILE, "").strip()
+    if password is not None and password_file:
+        raise ValueError(f"set {ENV_ORTHANC_PASSWORD_FILE} or {ENV_ORTHANC_PASSWORD}, not both")
+    if password_file:
+        try:
+            password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{ENV_ORTHANC_PASSWORD_FILE}={password_file}: cannot read it ({type(exc).__name__})") from None
+        if not password:
+            raise ValueError(f"{ENV_ORTHANC_PASSWORD_FILE}={password_file} is empty")
+    if not user:
+        if password is not None:
+            raise ValueError(f"a password for Orthanc is set but {ENV_ORTHANC_USER} is not")
+        return None
+    if password is None:
+        raise ValueError(f"{ENV_ORTHANC_USER} is set: give the password in {ENV_ORTHANC_PASSWORD_FILE}")
+    if ":" in user:
+        raise ValueError(f"{ENV_ORTHANC_USER} must not contain ':' (HTTP basic authentication)")
+    return user, password
 
 
 def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:

@@ -42,7 +42,7 @@ from monai_app.pacs import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _orthanc import ORTHANC_BINARY, HarnessError, NetworkNamespace, Orthanc, find_dicomweb_plugin  # noqa: E402
+from _orthanc import NetworkNamespace, Orthanc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -224,27 +224,6 @@ def referenced_source_uids(seg: Dataset) -> set:
 
 
 # ------------------------------------------------------------------------------------------------ the test PACS
-@pytest.fixture(scope="module")
-def namespace():
-    """A loopback-only network namespace for this module's Orthancs and clients; deleted at the end."""
-    if os.environ.get("DERMSEG_SKIP_PACS_TESTS") == "1":
-        pytest.skip("DERMSEG_SKIP_PACS_TESTS=1: the Orthanc tests are skipped")
-    if not Path(ORTHANC_BINARY).is_file() or find_dicomweb_plugin() is None:
-        installer = subprocess.run(["sh", str(REPO / "tests" / "system_deps.sh")], capture_output=True, text=True)
-        if installer.returncode != 0 or not Path(ORTHANC_BINARY).is_file() or find_dicomweb_plugin() is None:
-            pytest.fail(
-                "Orthanc (Debian packages orthanc, orthanc-dicomweb) is needed for the PACS tests and could not be "
-                f"installed by tests/system_deps.sh: {installer.stderr.strip() or installer.stdout.strip()} "
-                "(set DERMSEG_SKIP_PACS_TESTS=1 to skip these tests)"
-            )
-    try:
-        created = NetworkNamespace.create()
-    except HarnessError as error:
-        pytest.fail(f"{error} (set DERMSEG_SKIP_PACS_TESTS=1 to skip these tests)")
-    yield created
-    created.delete()
-
-
 @pytest.fixture(scope="module")
 def orthanc(namespace, tmp_path_factory):
     """The module's PACS, shared by the tests (each sends its own study, with new UIDs)."""

@@ -1,0 +1,432 @@
+# Copyright (c) the dermseg contributors. Apache-2.0.
+"""The edge service (python -m monai_app.serve) between two real Orthancs: a front door that a "modality" pushes
+to by C-STORE (StableAge 1, REST behind a password), and a second Orthanc playing the PACS.
+
+Everything runs in a private, loopback-only network namespace (tests/_orthanc.py): the Orthancs, the service (a
+child process, killed with SIGKILL in one test) and the test's own C-STOREs and REST calls.  The model is the tiny
+random RIBCUNet of conftest.py, so an app run takes seconds.  Needs root and tests/system_deps.sh, as
+tests/test_pacs.py; DERMSEG_SKIP_PACS_TESTS=1 skips the Orthanc tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from monai_app.serve.__main__ import ModelCheck, main as serve_main
+from monai_app.serve.orthanc import check_orthanc_url
+from monai_app.serve.progress import DONE, FAILED, QUEUED, SENDING, SKIPPED, Progress
+from monai_app.settings import AppSettings, orthanc_credentials_from_env
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _app_helpers import export_onnx_like_the_bundle, isic_rgb, non_photo_dicom, photo_dataset  # noqa: E402
+from _orthanc import LOOPBACK, Orthanc  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+OUTPUTS_PER_PHOTO = 4  # seg.dcm, seg_probability.dcm, sr.dcm, overlay_sc.dcm
+USER, PASSWORD = "dermseg", "s3cret-for-tests"
+DEPLOYED_ORTHANC_CONFIG = REPO / "deploy" / "orthanc" / "orthanc.json"
+MODALITIES = ("DERMOSCOPE", "CT-SCANNER", "DERMSEG")  # the last: our results sent back to the front door
+QUICK_SEND = {"DERMSEG_SEND_TIMEOUT": "3", "DERMSEG_SEND_RETRIES": "0", "DERMSEG_SEND_RETRY_DELAY": "0"}
+
+
+# ----------------------------------------------------------------------------------------------------- Orthancs
+class FrontDoor(Orthanc):
+    """The edge box's Orthanc, configured by deploy/orthanc/orthanc.json (the shipped file: REST API behind a
+    password and loopback-only, Dermoscopic Photography accepted, only registered modalities may store), with the
+    harness's storage, ports and plugin path, StableAge 1 s, and the test's modalities registered."""
+
+    def configuration(self):
+        harness = super().configuration()
+        config = json.loads(DEPLOYED_ORTHANC_CONFIG.read_text())
+        for key in ("Name", "StorageDirectory", "IndexDirectory", "Plugins", "HttpPort", "DicomAet", "DicomPort"):
+            config[key] = harness[key]
+        config["DicomModalities"] = {
+            aet.lower(): {"AET": aet, "Host": LOOPBACK, "Port": 104, "AllowStore": True} for aet in MODALITIES
+        }
+        config.update(StableAge=1, RegisteredUsers={USER: PASSWORD})
+        return config
+
+    def rest(self, method, path, data=None, headers=None, timeout=30):
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        return super().rest(method, path, data, {**(headers or {}), "Authorization": f"Basic {token}"}, timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_path) -> Path:
+    """conftest's tiny model as ONNX, as the app serves on a CPU: no TorchScript warm-up in every app run."""
+    return export_onnx_like_the_bundle(tiny_model_path, tiny_model_path.with_suffix(".onnx"))
+
+
+@pytest.fixture(scope="module")
+def pacs(namespace, tmp_path_factory):  # noqa: F811
+    server = Orthanc(namespace, tmp_path_factory.mktemp("pacs"), aet="PACS").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def front_door(namespace, tmp_path):  # noqa: F811
+    server = FrontDoor(namespace, tmp_path / "front-door", aet="DERMSEG_AI")
+    yield server  # not started: each test starts it when it wants
+    server.stop()
+
+
+def study_instances(orthanc: Orthanc, study_uid: str) -> list:
+    """(SOP Instance UID, Modality) of every instance the Orthanc holds in the study."""
+    matches = json.loads(orthanc.rest("POST", "/tools/lookup", study_uid.encode()))
+    found = []
+    for study in (m["ID"] for m in matches if m["Type"] == "Study"):
+        for series in json.loads(orthanc.rest("GET", f"/studies/{study}/series")):
+            modality = series["MainDicomTags"].get("Modality")
+            for instance in json.loads(orthanc.rest("GET", f"/series/{series['ID']}/instances")):
+                found.append((instance["MainDicomTags"]["SOPInstanceUID"], modality))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- DICOM studies
+def photo_study(count: int, seed: str, broken: int = 0) -> list:
+    """``count`` small dermoscopy photos (DMS) in one new study; the last ``broken`` have truncated pixel data."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    datasets = []
+    for number in range(count):
+        ds = photo_dataset(isic_rgb(f"ISIC_{number:07d}", 96), study_instance_uid=study_uid,
+                           series_instance_uid=series_uid, instance_number=number + 1, seed=f"{seed}-{number}",
+                           patient={"PatientID": f"SERVE-{seed}"})
+        if number >= count - broken:
+            ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+        datasets.append(ds)
+    return datasets
+
+
+def ct_image(tmp_path: Path, study_uid=None, patient_id="SERVE-CT"):
+    path = non_photo_dicom(tmp_path / f"ct-{generate_uid()[-8:]}.dcm", CT_IMAGE_STORAGE, "CT")
+    ds = dcmread(path)
+    ds.StudyInstanceUID = study_uid or ds.StudyInstanceUID
+    ds.PatientID = patient_id
+    return ds
+
+
+def c_store(namespace, orthanc: Orthanc, datasets: list, calling_aet: str = "DERMOSCOPE") -> None:  # noqa: F811
+    """What a modality does: one association, a C-STORE per instance."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    for sop_class, syntax in sorted({(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets}):
+        ae.add_requested_context(sop_class, syntax)  # one context each: the SCP accepts one syntax per context
+    with namespace.entered():
+        association = ae.associate(LOOPBACK, orthanc.dicom_port, ae_title=orthanc.aet)
+        assert association.is_established, orthanc.log_tail()
+        try:
+            for ds in datasets:
+                status = association.send_c_store(ds)
+                assert status and status.Status == 0, (status, orthanc.log_tail())
+        finally:
+            association.release()
+
+
+# ------------------------------------------------------------------------------------------------ the service
+class Service:
+    """``python -m monai_app.serve`` inside the namespace, with the Orthanc password in a file."""
+
+    def __init__(self, namespace, tmp_path: Path, front: Orthanc, model: Path, send_to: str, **options):  # noqa: F811
+        self.namespace, self.front, self.model = namespace, front, model
+        self.work = tmp_path / "work"
+        self.http_port = namespace.free_port()
+        password_file = tmp_path / "orthanc-password"
+        password_file.write_text(PASSWORD + "\n")
+        password_file.chmod(0o600)
+        self.env = {**os.environ, **QUICK_SEND, "DERMSEG_SEND_TO": send_to, "DERMSEG_ORTHANC_USER": USER,
+                    "DERMSEG_ORTHANC_PASSWORD_FILE": str(password_file)}
+        self.options = {"--poll-interval": "0.2", "--retry-delay": "0.2", "--backoff-max": "1", **options}
+        self.log_path = tmp_path / "serve.log"
+        self.process = None
+        self.starts = 0
+
+    def start(self) -> "Service":
+        arguments = [a for pair in self.options.items() for a in pair]
+        command = ["setpriv", "--pdeathsig", "KILL", PYTHON, "-m", "monai_app.serve", "--orthanc", self.front.rest_url,
+                   "--work", self.work, "--model", self.model, "--http-port", self.http_port, *arguments]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.namespace.command(command), cwd=REPO, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.starts += 1
+        return self
+
+    def kill9(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rounds(self) -> list:
+        if not (self.work / "serve.sqlite").is_file():
+            return []
+        progress = Progress(self.work / "serve.sqlite")
+        try:
+            return progress.rounds()
+        finally:
+            progress.close()
+
+    def get(self, path: str):
+        """(status, body) of GET http://127.0.0.1:PORT/path; (None, reason) when nothing answers."""
+        with self.namespace.entered():
+            try:
+                with urllib.request.urlopen(f"http://{LOOPBACK}:{self.http_port}{path}", timeout=5) as answer:
+                    return answer.status, answer.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode()
+            except (urllib.error.URLError, OSError) as error:
+                return None, str(error)
+
+    def metric(self, name: str) -> float:
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        for line in body.splitlines():
+            if line.split(" ")[0] == name:
+                return float(line.split(" ")[1])
+        raise AssertionError(f"{name} not in /metrics:\n{body}")
+
+    def wait_for(self, what: str, condition, timeout: float = 90.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"the service exited ({self.process.returncode}) waiting for {what}:\n"
+                                     f"{self.log()[-4000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; rounds {self.rounds()}\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill9()
+
+
+@pytest.fixture
+def services():
+    started = []
+    yield started
+    for service in started:
+        service.stop()
+
+
+def app_processes(work: Path) -> list:
+    """Process ids of app runs working in ``work`` (their command line names its folders)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and b"monai_app" in command and any(str(work).encode() in a for a in command) \
+                and b"monai_app.serve" not in command:
+            found.append(int(proc.name))
+    return found
+
+
+# --------------------------------------------------------------------------------------------------- the tests
+def test_a_pushed_study_comes_back_as_seg_sr_and_sc_in_the_pacs(namespace, pacs, front_door, tiny_model,  # noqa: F811
+                                                                 services, tmp_path):
+    """3 good photos, a broken one and a CT in one study, and a CT-only study: the good photos' results arrive in
+    the PACS (the broken file is an error case, as in a batch run), the CTs are left out / skipped, and our results
+    sent back to the front door make a skipped round."""
+    front_door.start()
+    service = Service(namespace, tmp_path, front_door, tiny_model,
+                      send_to=f"{pacs.dicom_target},{front_door.dicom_target}")
+    services.append(service.start())
+    service.wait_for("/healthz 200", lambda: service.get("/healthz")[0] == 200)
+    photos = photo_study(4, seed="e2e", broken=1)
+    study_uid = photos[0].StudyInstanceUID
+    ct_in_study = ct_image(tmp_path, study_uid, patient_id=photos[0].PatientID)
+    ct_alone = ct_image(tmp_path)
+
+    c_store(namespace, front_door, [*photos, ct_in_study])
+    pushed = time.monotonic()
+    c_store(namespace, front_door, [ct_alone], calling_aet="CT-SCANNER")
+    stranger = ct_image(tmp_path)
+    with pytest.raises(AssertionError):  # an AE title the front door does not know may not store
+        c_store(namespace, front_door, [stranger], calling_aet="STRANGER")
+    assert json.loads(front_door.rest("POST", "/tools/lookup", stranger.SOPInstanceUID.encode())) == []
+
+    service.wait_for("the results in the PACS", lambda: len(study_instances(pacs, study_uid)) >= 3 * OUTPUTS_PER_PHOTO)
+    print(f"\npush to PACS, 3 good photos + 1 broken, tiny model: {time.monotonic() - pushed:.1f} s")
+    arrived = study_instances(pacs, study_uid)
+    assert len(arrived) == 3 * OUTPUTS_PER_PHOTO and len({uid for uid, _ in arrived}) == len(arrived)
+    assert sorted({modality for _, modality in arrived}) == ["OT", "SEG", "SR"], arrived
+    assert all(uid not in {ds.SOPInstanceUID for ds in photos} for uid, _ in arrived)  # results only, no photos
+    # our results came back to the front door (sent there too): a second round, skipped without an app run
+    rounds = service.wait_for("three finished rounds", lambda: (lambda r: r if len(r) == 3 and all(
+        x["state"] in (DONE, SKIPPED) for x in r) else None)(service.rounds()))
+    by_state = {(r["state"], r["round"]): r for r in rounds}
+    done = by_state[(DONE, 1)]
+    assert (done["photos"], done["other_instances"], done["cases_ok"], done["cases_error"]) == (4, 1, 3, 1)
+    assert done["sent"] == 2 * 3 * OUTPUTS_PER_PHOTO and done["attempts"] == 1 and done["error"] is None
+    assert by_state[(SKIPPED, 1)]["note"] == "nothing to segment: 1 instance(s) of other SOP classes"  # the CT study
+    assert by_state[(SKIPPED, 2)]["note"] == f"nothing to segment: {3 * OUTPUTS_PER_PHOTO} of our own result(s)"
+    assert by_state[(SKIPPED, 2)]["study"] == done["study"]
+    (out,) = service.work.glob("studies/*/round-1/out")
+    cases = json.loads((out / "results.json").read_text())["cases"]
+    assert sorted(c["status"] for c in cases) == ["error", "ok", "ok", "ok"]
+    assert len(list(service.work.glob("studies/*/round-*/app-*.log"))) == 1  # one app run in all
+    log = service.log()
+    assert "Doe^Jane" not in log and "SERVE-e2e" not in log and study_uid not in log and PASSWORD not in log
+    assert service.metric("dermseg_studies_processed_total") == 1
+    assert service.metric("dermseg_studies_skipped_total") == 2
+    assert service.metric("dermseg_cases_processed_total") == 3
+    assert service.metric("dermseg_cases_error_total") == 1
+    assert service.terminate() == 0 and "stopped" in service.log()
+
+
+def test_kill_9_mid_study_and_restarts_send_every_result_exactly_once(namespace, front_door, tiny_model,  # noqa: F811
+                                                                      services, tmp_path):
+    """Killed while the app runs (its child dies with it), restarted into a PACS outage (the results wait in
+    'sending'), killed again, restarted with the PACS up: every result is in the PACS once, the app ran twice."""
+    front_door.start()
+    late_pacs = Orthanc(namespace, tmp_path / "late-pacs", aet="LATEPACS")  # ports chosen, nothing listening yet
+    service = Service(namespace, tmp_path, front_door, tiny_model, send_to=late_pacs.dicom_target)
+    services.append(service.start())
+    photos = photo_study(2, seed="kill")
+    c_store(namespace, front_door, photos)
+
+    service.wait_for("the app to run", lambda: app_processes(service.work) and service.rounds())
+    time.sleep(1.5)  # mid-run
+    service.kill9()
+    time.sleep(0.5)
+    assert app_processes(service.work) == []  # the app run died with the service
+    (killed,) = service.rounds()
+    assert (killed["state"], killed["attempts"]) == (QUEUED, 1)
+
+    service.start()
+    waiting = service.wait_for("results waiting for the PACS", lambda: (lambda r: r if r and r[0]["state"] == SENDING
+                               and r[0]["send_tries"] >= 1 else None)(service.rounds()))
+    assert waiting[0]["attempts"] == 2 and "Connection refused" in waiting[0]["error"]
+    service.kill9()
+
+    late_pacs.start()
+    try:
+        service.start()
+        (done,) = service.wait_for("the round done", lambda: (lambda r: r if r and r[0]["state"] == DONE else None)(
+            service.rounds()))
+        arrived = study_instances(late_pacs, photos[0].StudyInstanceUID)
+    finally:
+        late_pacs.stop()
+    assert len(arrived) == len({uid for uid, _ in arrived}) == 2 * OUTPUTS_PER_PHOTO
+    assert (done["attempts"], done["cases_ok"], done["sent"]) == (2, 2, 2 * OUTPUTS_PER_PHOTO)
+    (out,) = service.work.glob("studies/*/round-1/out")
+    transfers = json.loads((out / "results.json").read_text())["transfers"]
+    assert len(transfers) == 2 * OUTPUTS_PER_PHOTO and {t["status"] for t in transfers} == {"sent"}
+    assert sorted(p.name for p in out.parent.glob("app-*.log")) == ["app-1.log", "app-2.log"]
+
+
+def test_orthanc_down_at_start_then_up_health_and_metrics(namespace, pacs, front_door, tiny_model,  # noqa: F811
+                                                          services, tmp_path):
+    service = Service(namespace, tmp_path, front_door, tiny_model, send_to=pacs.dicom_target)
+    services.append(service.start())
+    status, body = service.wait_for("/healthz", lambda: (lambda a: a if a[0] else None)(service.get("/healthz")))
+    assert status == 503 and "cannot reach Orthanc" in json.loads(body)["orthanc"], body
+    assert json.loads(body)["model"] == "ok"
+    assert service.metric("dermseg_orthanc_up") == 0
+    service.wait_for("a logged backoff", lambda: "unavailable" in service.log())
+
+    front_door.start()
+    service.wait_for("/healthz 200", lambda: service.get("/healthz")[0] == 200)
+    photos = photo_study(1, seed="late")
+    c_store(namespace, front_door, photos)
+    service.wait_for("the results in the PACS", lambda: len(study_instances(pacs, photos[0].StudyInstanceUID))
+                     == OUTPUTS_PER_PHOTO)
+    service.wait_for("the round recorded done", lambda: service.metric("dermseg_studies_processed_total") == 1)
+    assert service.metric("dermseg_orthanc_up") == 1
+    assert service.metric("dermseg_cases_processed_total") == 1
+    assert service.metric("dermseg_queue_depth") == 0
+    for stage in ("download", "app", "send"):
+        assert service.metric(f'dermseg_stage_seconds_count{{stage="{stage}"}}') == 1
+    assert "is back after" in service.log()
+
+
+def test_a_failing_study_is_tried_a_bounded_number_of_times(namespace, pacs, front_door, tmp_path,  # noqa: F811
+                                                           services):
+    front_door.start()
+    bad_model = tmp_path / "model.ts"
+    bad_model.write_bytes(b"not a model")
+    service = Service(namespace, tmp_path, front_door, bad_model, send_to=pacs.dicom_target, **{"--max-attempts": "2"})
+    services.append(service.start())
+    status, body = service.wait_for("/healthz", lambda: (lambda a: a if a[0] else None)(service.get("/healthz")))
+    assert status == 503 and "neither a TorchScript archive nor an ONNX model" in json.loads(body)["model"]
+    c_store(namespace, front_door, photo_study(1, seed="fail"))
+
+    (failed,) = service.wait_for("the round failed", lambda: (lambda r: r if r and r[0]["state"] == FAILED else None)(
+        service.rounds()), timeout=120)
+    assert failed["attempts"] == 2 and "the app exited with status 2" in failed["error"]
+    time.sleep(1.0)
+    assert service.rounds()[0]["attempts"] == 2  # no further tries
+    assert service.metric("dermseg_studies_failed_total") == 1
+    assert service.metric("dermseg_app_attempts_failed_total") == 2
+
+
+# ------------------------------------------------------------------------------------------ without an Orthanc
+def test_progress_takes_each_change_in_once_and_rounds_follow_new_instances(tmp_path):
+    progress = Progress(tmp_path / "serve.sqlite")
+    assert progress.take_in([("a1", False), ("a1", True), ("a1", True)], 7) == 1
+    assert progress.position == 7 and [r["state"] for r in progress.rounds()] == [QUEUED]
+    item = progress.next_due()
+    progress.take_in([("a1", True)], 8)  # stable again while queued: a note, not a second round
+    item = progress.start_attempt(item)
+    assert progress.attempt_failed(item, "boom", max_attempts=2, retry_in=0) == QUEUED
+    item = progress.start_attempt(progress.next_due())
+    assert progress.attempt_failed(item, "boom again", max_attempts=2, retry_in=0) == FAILED
+    rounds = progress.rounds()
+    assert [(r["round"], r["state"], r["attempts"]) for r in rounds] == [(1, FAILED, 2), (2, QUEUED, 0)]
+    second = progress.next_due()
+    progress.finish(second, SKIPPED, ["i1", "i2"], note="nothing to segment")
+    assert progress.taken_instances("a1") == {"i1", "i2"} and progress.next_due() is None
+    progress.close()
+
+
+def test_orthanc_credentials_come_from_the_environment_never_the_command_line(tmp_path, capsys):
+    secret = tmp_path / "password"
+    secret.write_text("pa:ss word\n")
+    assert orthanc_credentials_from_env({"DERMSEG_ORTHANC_USER": "svc", "DERMSEG_ORTHANC_PASSWORD_FILE": str(secret)}) \
+        == ("svc", "pa:ss word")
+    assert orthanc_credentials_from_env({}) is None
+    for environ, message in [
+        ({"DERMSEG_ORTHANC_USER": "svc"}, "DERMSEG_ORTHANC_PASSWORD_FILE"),
+        ({"DERMSEG_ORTHANC_PASSWORD": "x"}, "DERMSEG_ORTHANC_USER is not"),
+        ({"DERMSEG_ORTHANC_USER": "svc", "DERMSEG_ORTHANC_PASSWORD": "x",
+          "DERMSEG_ORTHANC_PASSWORD_FILE": str(secret)}, "not both"),
+        ({"DERMSEG_ORTHANC_USER": "svc", "DERMSEG_ORTHANC_PASSWORD_FILE": str(tmp_path / "nope")}, "cannot read"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            orthanc_credentials_from_env(environ)
+    with pytest.raises(ValueError, match="must not hold credentials"):
+        check_orthanc_url("http://svc:hunter2@127.0.0.1:8042")
+    assert serve_main(["--orthanc", "http://svc:hunter2@127.0.0.1:8042", "--work", str(tmp_path / "w")]) == 2
+    error = capsys.readouterr().err
+    assert "must not hold credentials" in error and "hunter2" not in error
+
+
+def test_the_model_check_names_a_missing_model(tmp_path):
+    settings = AppSettings.from_env({})
+    assert "no model at" in ModelCheck(tmp_path / "missing", settings)()
+    assert ModelCheck(None, settings).path().name == "models"  # the app's default: the bundle's export folder
