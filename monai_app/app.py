@@ -84,7 +84,7 @@ class SkinLesionSegApp(Application):
             name="segment_lesions",
         )
         score_confidence = ConfidenceRoutingOperator(
-            self, threshold=settings.confidence_threshold, name="score_confidence"
+            self, threshold=settings.confidence_threshold, measure=settings.confidence_measure, name="score_confidence"
         )
         write_seg = LesionSegWriterOperator(
             self, output_folder=output_folder, write_probability_seg=settings.write_probability_seg, name="write_seg"

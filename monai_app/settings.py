@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Tuple
 
 import yaml
 
-from operators.confidence import DEFAULT_THRESHOLD
+from operators.confidence import DEFAULT_MEASURE, DEFAULT_THRESHOLD, MEASURES
 
 from .pacs import SendOptions, TargetError, parse_targets
 
@@ -29,12 +29,14 @@ __all__ = [
     "APP_CONFIG_SECTION",
     "apply_app_config_defaults",
     "orthanc_credentials_from_env",
+    "edge_store_from_env",
     "send_options_from_env",
     "send_to_from_env",
     "threshold_from_env",
 ]
 
 ENV_CONFIDENCE_THRESHOLD = "DERMSEG_CONFIDENCE_THRESHOLD"
+ENV_CONFIDENCE_MEASURE = "DERMSEG_CONFIDENCE_MEASURE"
 ENV_EDGE_STORE = "DERMSEG_EDGE_STORE"
 ENV_BATCH_SIZE = "DERMSEG_BATCH_SIZE"
 ENV_PROBABILITY_SEG = "DERMSEG_PROBABILITY_SEG"
@@ -99,6 +101,7 @@ class AppSettings:
     # DERMSEG_CALLING_AET, DERMSEG_SEND_*, DERMSEG_DICOMWEB_TOKEN: how to send; read (and checked) only when
     # DERMSEG_SEND_TO gives somewhere to send, else None
     send: Optional[SendOptions] = None
+    confidence_measure: str = DEFAULT_MEASURE  # DERMSEG_CONFIDENCE_MEASURE: one of operators.confidence.MEASURES
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "AppSettings":
@@ -117,24 +120,29 @@ class AppSettings:
         if precision not in PRECISIONS:
             raise ValueError(f"{ENV_MODEL_PRECISION}={precision!r} must be one of {', '.join(PRECISIONS)}")
         threshold = threshold_from_env(environ)
+        measure = environ.get(ENV_CONFIDENCE_MEASURE, "").strip() or DEFAULT_MEASURE
+        if measure not in MEASURES:
+            raise ValueError(f"{ENV_CONFIDENCE_MEASURE}={measure!r} must be one of {', '.join(MEASURES)}")
         send_to = send_to_from_env(environ)
         if send_to:
             parse_targets(send_to)  # a typo in DERMSEG_SEND_TO stops the run before any inference
         return cls(
             confidence_threshold=threshold,
-            edge_store=Path(environ[ENV_EDGE_STORE]) if environ.get(ENV_EDGE_STORE) else None,
+            edge_store=edge_store_from_env(environ),
             send_to=send_to,
             batch_size=int(batch_raw),
             write_probability_seg=probability,
             flip_tta=flip_tta,
             model_precision=precision,
             send=send_options_from_env(environ) if send_to else None,
+            confidence_measure=measure,
         )
 
     def for_results(self) -> dict:
         """What results.json records about the run (no paths: they may name a site's layout)."""
         return {
             ENV_CONFIDENCE_THRESHOLD: self.confidence_threshold,
+            ENV_CONFIDENCE_MEASURE: self.confidence_measure,
             "edge_store": self.edge_store is not None,
             "send_to": self.send_to is not None,
             "flip_tta": self.flip_tta,
@@ -151,6 +159,12 @@ def threshold_from_env(environ: Optional[Mapping[str, str]] = None) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{ENV_CONFIDENCE_THRESHOLD}={raw!r} must be between 0 and 1")
     return value
+
+
+def edge_store_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[Path]:
+    """``DERMSEG_EDGE_STORE``, the edge store's folder, or None where it is unset or empty."""
+    environ = os.environ if environ is None else environ
+    return Path(environ[ENV_EDGE_STORE]) if environ.get(ENV_EDGE_STORE) else None
 
 
 def send_to_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:

@@ -68,6 +68,13 @@ def test_model_precision_setting():
         AppSettings.from_env({"DERMSEG_MODEL_PRECISION": "fp16"})
 
 
+def test_confidence_measure_setting():
+    assert AppSettings.from_env({}).confidence_measure == "lesion"
+    assert AppSettings.from_env({}).for_results()["DERMSEG_CONFIDENCE_MEASURE"] == "lesion"
+    with pytest.raises(ValueError, match="DERMSEG_CONFIDENCE_MEASURE='entropy' must be one of lesion"):
+        AppSettings.from_env({"DERMSEG_CONFIDENCE_MEASURE": "entropy"})
+
+
 def test_confidence_threshold_from_env():
     assert threshold_from_env({}) == DEFAULT_THRESHOLD
     assert threshold_from_env({"DERMSEG_CONFIDENCE_THRESHOLD": "0.35"}) == 0.35

@@ -17,6 +17,7 @@ import os
 import sys
 from typing import List, Optional
 
+from ..settings import edge_store_from_env
 from .store import EdgeStore, EdgeStoreError
 
 
@@ -25,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m monai_app.edge", description="The edge store of the skin-lesion app, for its operator and the reviewer."
     )
     parser.add_argument(
-        "--store", default=os.environ.get("DERMSEG_EDGE_STORE"),
+        "--store", default=edge_store_from_env(),
         help="the edge store folder (default: $DERMSEG_EDGE_STORE)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
