@@ -48,6 +48,9 @@ ENV_SEND_TIMEOUT = "DERMSEG_SEND_TIMEOUT"
 ENV_SEND_RETRIES = "DERMSEG_SEND_RETRIES"
 ENV_SEND_RETRY_DELAY = "DERMSEG_SEND_RETRY_DELAY"
 ENV_DICOMWEB_TOKEN = "DERMSEG_DICOMWEB_TOKEN"
+ENV_TLS_CA_FILE = "DERMSEG_TLS_CA_FILE"
+ENV_TLS_CERT_FILE = "DERMSEG_TLS_CERT_FILE"
+ENV_TLS_KEY_FILE = "DERMSEG_TLS_KEY_FILE"
 # The edge service's account on its Orthanc's REST API (never on the command line, which every user can read).
 ENV_ORTHANC_USER = "DERMSEG_ORTHANC_USER"
 ENV_ORTHANC_PASSWORD = "DERMSEG_ORTHANC_PASSWORD"
@@ -183,6 +186,9 @@ def send_options_from_env(environ: Optional[Mapping[str, str]] = None, **overrid
         "retries": _send_number(environ, ENV_SEND_RETRIES, defaults.retries, int, minimum=0),
         "retry_delay": _send_number(environ, ENV_SEND_RETRY_DELAY, defaults.retry_delay, float, minimum=0.0),
         "dicomweb_token": environ.get(ENV_DICOMWEB_TOKEN) or None,
+        "tls_ca_file": environ.get(ENV_TLS_CA_FILE) or None,
+        "tls_cert_file": environ.get(ENV_TLS_CERT_FILE) or None,
+        "tls_key_file": environ.get(ENV_TLS_KEY_FILE) or None,
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     return SendOptions(**values)

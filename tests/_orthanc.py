@@ -137,10 +137,11 @@ class Orthanc:
     listens: connection refused) and start it later on the same ports.
     """
 
-    def __init__(self, namespace: NetworkNamespace, workdir: Path, aet: str = "ORTHANC"):
+    def __init__(self, namespace: NetworkNamespace, workdir: Path, aet: str = "ORTHANC", extra: Optional[Dict] = None):
         self.namespace = namespace
         self.workdir = Path(workdir)
         self.aet = aet
+        self.extra = dict(extra or {})  # configuration entries on top of the defaults (DICOM TLS, authentication)
         self.dicom_port = namespace.free_port()
         self.http_port = namespace.free_port()
         while self.http_port == self.dicom_port:
@@ -191,6 +192,7 @@ class Orthanc:
             "ConcurrentJobs": 1,
             "DicomThreadsCount": 2,
             "DicomScpTimeout": 10,
+            **self.extra,
         }
 
     def start(self, timeout: float = 30.0) -> "Orthanc":

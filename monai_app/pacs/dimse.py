@@ -40,7 +40,7 @@ class DimseTarget:
     @property
     def label(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"dicom://{self.called_aet}@{host}:{self.port}"
+        return f"{self.scheme}://{self.called_aet}@{host}:{self.port}"
 
 
 def parse(url: TargetURL) -> DimseTarget:
@@ -60,9 +60,10 @@ def parse(url: TargetURL) -> DimseTarget:
 
 
 def send(
-    target: DimseTarget, objects: List[DicomObject], out_dir: Path, options: SendOptions
+    target: DimseTarget, objects: List[DicomObject], out_dir: Path, options: SendOptions, tls_args=None
 ) -> Dict[DicomObject, Outcome]:
-    """One association for all ``objects``; each is read from its file just before it is sent."""
+    """One association for all ``objects``; each is read from its file just before it is sent.  ``tls_args``
+    (an ``ssl.SSLContext`` and the server's host name, as pynetdicom takes them) puts the association on TLS."""
     from pydicom import dcmread
     from pynetdicom import AE, evt
     from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
@@ -78,6 +79,7 @@ def send(
         target.port,
         ae_title=target.called_aet,
         evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.append(True))],
+        tls_args=tls_args,
     )
     if not assoc.is_established:
         return dict.fromkeys(objects, _association_failure(assoc, target, bool(connected), options.timeout))

@@ -1,5 +1,5 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
-"""How the sender sends: the calling AE title, timeouts, retries and a DICOMweb token.
+"""How the sender sends: the calling AE title, timeouts, retries, a DICOMweb token and DICOM TLS files.
 
 Plain values, checked when made: the sender never reads the environment.  ``monai_app.settings`` builds them from
 the ``DERMSEG_*`` variables (:func:`monai_app.settings.send_options_from_env`); a library caller passes its own.
@@ -30,6 +30,11 @@ class SendOptions:
     retries: int = 2  # extra attempts after a transient failure (network down, PACS busy)
     retry_delay: float = 2.0  # seconds before the first retry; doubles after each
     dicomweb_token: Optional[str] = field(default=None, repr=False)  # sent as "Authorization: Bearer ..."
+    # DICOM TLS (dicom-tls:// targets): the CA bundle that signed the PACS's certificate (None: the system's), and
+    # this edge's own certificate and key where the PACS asks for one (mutual TLS)
+    tls_ca_file: Optional[str] = None
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = field(default=None, repr=False)
 
     def __post_init__(self):
         if not AE_TITLE.match(self.calling_aet):
@@ -42,6 +47,8 @@ class SendOptions:
                 f"send options out of range: timeout {self.timeout} must be > 0, retries {self.retries} and "
                 f"retry delay {self.retry_delay} must be >= 0"
             )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise TargetError("a TLS client certificate and its key go together: give both files or neither")
 
     def updated(self, **changes) -> "SendOptions":
         """These options with ``changes`` applied, those that are None left out (an argument not given)."""

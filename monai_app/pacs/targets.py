@@ -14,13 +14,13 @@ import re
 import urllib.parse
 from typing import Dict, Iterable, List, Union
 
-from . import dicomweb, dimse
+from . import dicomweb, dimse, dimse_tls
 from .transport import Target, TargetError, TargetURL, Transport
 
 __all__ = ["TRANSPORTS", "parse_target", "parse_targets", "transport_for"]
 
 # URL scheme -> transport module.  One line per scheme; a target's ``scheme`` finds its transport again.
-TRANSPORTS: Dict[str, Transport] = {"dicom": dimse, "http": dicomweb, "https": dicomweb}
+TRANSPORTS: Dict[str, Transport] = {"dicom": dimse, "dicom-tls": dimse_tls, "http": dicomweb, "https": dicomweb}
 
 
 def transport_for(target: Target) -> Transport:
