@@ -18,6 +18,7 @@ is deleted at the end.  Needs root (``ip netns``), as in CI, and ``tests/system_
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import itertools
 import json
@@ -32,7 +33,7 @@ import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = ["NetworkNamespace", "Orthanc", "HarnessError", "ORTHANC_BINARY", "find_dicomweb_plugin"]
 
@@ -137,11 +138,13 @@ class Orthanc:
     listens: connection refused) and start it later on the same ports.
     """
 
-    def __init__(self, namespace: NetworkNamespace, workdir: Path, aet: str = "ORTHANC", extra: Optional[Dict] = None):
+    def __init__(self, namespace: NetworkNamespace, workdir: Path, aet: str = "ORTHANC", extra: Optional[Dict] = None,
+                 user: Optional[Tuple[str, str]] = None):
         self.namespace = namespace
         self.workdir = Path(workdir)
         self.aet = aet
-        self.extra = dict(extra or {})  # configuration entries on top of the defaults (DICOM TLS, authentication)
+        self.extra = dict(extra or {})  # configuration entries on top of the defaults (DICOM TLS, Lua scripts)
+        self.user = user  # (name, password): HTTP basic authentication on, and the harness's own calls use it
         self.dicom_port = namespace.free_port()
         self.http_port = namespace.free_port()
         while self.http_port == self.dicom_port:
@@ -177,7 +180,8 @@ class Orthanc:
             "HttpServerEnabled": True,
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,  # loopback only, on top of the namespace
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": self.user is not None,
+            "RegisteredUsers": {self.user[0]: self.user[1]} if self.user else {},
             "DicomServerEnabled": True,
             "DicomAet": self.aet,
             "DicomPort": self.dicom_port,
@@ -250,7 +254,11 @@ class Orthanc:
 
     # REST and DICOMweb, from inside the namespace ------------------------------------------------------------------
     def rest(self, method: str, path: str, data: Optional[bytes] = None, headers=None, timeout: float = 30) -> bytes:
-        request = urllib.request.Request(self.rest_url + path, data=data, method=method, headers=headers or {})
+        headers = dict(headers or {})
+        if self.user and "Authorization" not in headers:
+            token = base64.b64encode(f"{self.user[0]}:{self.user[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        request = urllib.request.Request(self.rest_url + path, data=data, method=method, headers=headers)
         with self.namespace.entered():
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.read()

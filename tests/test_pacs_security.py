@@ -1,16 +1,20 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
-"""C-STORE over DICOM TLS (``dicom-tls://``) to a real Orthanc with DICOM TLS on and client certificates required.
+"""Sending to a PACS that wants proof: real Orthancs with DICOM TLS, HTTP basic authentication, a bearer token.
 
-The certificates are made here with the ``openssl`` command: a CA, the PACS's certificate for 127.0.0.1 and this
-edge's client certificate, both signed by the CA.  Checked: the results arrive over TLS with mutual
-authentication; a PACS whose certificate the edge's CA did not sign is refused and not retried; a plain
-``dicom://`` association to the TLS port gets nowhere.
+- C-STORE over DICOM TLS (``dicom-tls://``) with client certificates required.  The certificates are made here
+  with the ``openssl`` command: a CA, the PACS's certificate for 127.0.0.1 and this edge's client certificate.
+  The results arrive over TLS with mutual authentication; a PACS whose certificate the edge's CA did not sign is
+  refused and not retried; a plain ``dicom://`` association to the TLS port gets nowhere.
+- STOW-RS to an Orthanc with its own HTTP basic authentication on (``https://user:password@...`` style URLs), and
+  to one whose DICOMweb API takes a bearer token only (Orthanc's ``IncomingHttpRequestFilter`` Lua hook checks
+  the ``Authorization`` header): the right credentials store, wrong ones are "not authorised" and not retried.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -105,3 +109,56 @@ def test_dicom_tls_targets_parse_and_options_check_their_files():
     assert target.label == "dicom-tls://PACS@pacs.hospital.local:2762"
     with pytest.raises(TargetError, match="certificate and its key go together"):
         SendOptions(tls_cert_file="edge.crt")
+
+
+USER, PASSWORD, TOKEN = "edge", "p@ss,word", "dermseg-test-token"
+BEARER_FILTER = """
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+  if string.sub(uri, 1, 10) == '/dicom-web' then
+    return httpHeaders['authorization'] == 'Bearer %s'
+  end
+  return true
+end
+""" % TOKEN
+
+
+@pytest.fixture(scope="module")
+def basic_auth_orthanc(namespace, tmp_path_factory):
+    server = Orthanc(namespace, tmp_path_factory.mktemp("orthanc-basic"), aet="BASICPACS", user=(USER, PASSWORD)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def bearer_orthanc(namespace, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("orthanc-bearer")
+    (folder / "bearer.lua").write_text(BEARER_FILTER)
+    server = Orthanc(namespace, folder, aet="BEARERPACS", extra={"LuaScripts": [str(folder / "bearer.lua")]}).start()
+    yield server
+    server.stop()
+
+
+def _with_user(url: str, user: str, password: str) -> str:
+    credentials = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}@"
+    return url.replace("http://", "http://" + credentials)
+
+
+def test_stow_rs_with_basic_authentication(namespace, basic_auth_orthanc, tmp_path):
+    datasets = write_run(tmp_path, seed=21)
+    with namespace.entered():
+        refused = send_outputs(tmp_path, _with_user(basic_auth_orthanc.dicomweb_url, USER, "wrong"), **QUICK)
+        summary = send_outputs(tmp_path, _with_user(basic_auth_orthanc.dicomweb_url, USER, PASSWORD), **QUICK)
+    assert not refused.ok and all("not authorised" in r["error"] and r["attempts"] == 1 for r in refused.failed)
+    assert "wrong" not in str(refused) and PASSWORD not in str(summary)
+    assert summary.ok and summary.sent == 4, str(summary)
+    assert basic_auth_orthanc.instance_id(datasets["seg"].SOPInstanceUID)
+
+
+def test_stow_rs_with_a_bearer_token(namespace, bearer_orthanc, tmp_path):
+    datasets = write_run(tmp_path, seed=22)
+    with namespace.entered():
+        refused = send_outputs(tmp_path, bearer_orthanc.dicomweb_url, options=SendOptions(retries=0, dicomweb_token="nope"))
+        summary = send_outputs(tmp_path, bearer_orthanc.dicomweb_url, options=SendOptions(retries=0, dicomweb_token=TOKEN))
+    assert not refused.ok and all("not authorised" in r["error"] for r in refused.failed)
+    assert summary.ok and summary.sent == 4, str(summary)
+    assert bearer_orthanc.instance_id(datasets["sr"].SOPInstanceUID)
