@@ -55,7 +55,7 @@ def pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tls_orthanc(namespace, pki, tmp_path_factory):
-    (cert, key), (client, _) = pki["server"], pki["client"]
+    cert, key = pki["server"]
     server = Orthanc(namespace, tmp_path_factory.mktemp("orthanc-tls"), aet="TLSPACS", extra={
         "DicomTlsEnabled": True,
         "DicomTlsCertificate": str(cert),
