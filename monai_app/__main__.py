@@ -13,6 +13,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Tuple
 
 import pydicom.config
 
@@ -24,7 +25,7 @@ from operators.model import resolve_model_file
 
 from .app import SkinLesionSegApp
 from .edge import EdgeStore
-from .pacs import send_outputs
+from .pacs import review_selection, send_outputs
 from .settings import DEFAULT_MODEL_PATH, AppSettings, apply_app_config_defaults
 
 
@@ -39,8 +40,9 @@ def _default_model(settings: AppSettings) -> Path:
     return DEFAULT_MODEL_PATH
 
 
-def _preflight(argv) -> AppSettings:
-    """Check what the run needs before starting the graph, with a message a person can act on."""
+def _preflight(argv) -> Tuple[AppSettings, Path]:
+    """Check what the run needs before starting the graph, with a message a person can act on; the settings and
+    the input path."""
     apply_app_config_defaults()  # app.yaml's dermseg: section inside a MAP; the environment overrides it
     settings = AppSettings.from_env()  # checks the send targets and options too, before any inference
     if "HOLOSCAN_MODEL_PATH" not in os.environ:
@@ -65,7 +67,7 @@ def _preflight(argv) -> AppSettings:
     removed = remove_partial_files(output_folder)
     if removed:
         logging.getLogger("monai_app").info("removed %d partial file(s) a stopped run left in OUT", removed)
-    return settings
+    return settings, input_path
 
 
 class _NoPatientNameRecords(logging.Filter):
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     _keep_patient_data_out_of_logs()
     try:
-        settings = _preflight(argv)
+        settings, input_path = _preflight(argv)
     except (ValueError, OSError) as exc:
         print(f"monai_app: cannot run: {exc}", file=sys.stderr)
         return 2
@@ -109,12 +111,18 @@ def main(argv=None) -> int:
         "batch done: %d file(s): %s; %d for review; see %s", len(entries), counts, review,
         app.results_writer.output_folder / "results.json",
     )
+    log = logging.getLogger("monai_app")
     if settings.send_to:
         # after the last results.json write: the sender adds its "transfers" records to that file; a failed send
         # loses nothing (files stay in OUT, `python -m monai_app.send OUT` retries) and does not fail the batch
         summary = send_outputs(app.results_writer.output_folder, settings.send_to, options=settings.send)
-        log = logging.getLogger("monai_app")
         (log.info if summary.ok else log.warning)("%s", summary)
+    if settings.review_send_to:
+        # the reviewers' destination gets the review cases only: source (from IN where it is DICOM), BINARY SEG
+        # and overlay, recorded in the same "transfers" list
+        summary = send_outputs(app.results_writer.output_folder, settings.review_send_to, options=settings.send,
+                               select=review_selection(input_path))
+        (log.info if summary.ok else log.warning)("review cases: %s", summary)
     return 0
 
 

@@ -21,7 +21,7 @@ import yaml
 
 from operators.confidence import DEFAULT_MEASURE, DEFAULT_THRESHOLD, MEASURES
 
-from .pacs import SendOptions, TargetError, parse_targets
+from .pacs import DicomWebTarget, SendOptions, TargetError, parse_target, parse_targets
 
 __all__ = [
     "AppSettings",
@@ -30,8 +30,11 @@ __all__ = [
     "apply_app_config_defaults",
     "orthanc_credentials_from_env",
     "edge_store_from_env",
+    "model_precision_from_env",
     "send_options_from_env",
     "send_to_from_env",
+    "review_send_to_from_env",
+    "review_pull_from_env",
     "threshold_from_env",
 ]
 
@@ -48,6 +51,10 @@ ENV_SEND_TIMEOUT = "DERMSEG_SEND_TIMEOUT"
 ENV_SEND_RETRIES = "DERMSEG_SEND_RETRIES"
 ENV_SEND_RETRY_DELAY = "DERMSEG_SEND_RETRY_DELAY"
 ENV_DICOMWEB_TOKEN = "DERMSEG_DICOMWEB_TOKEN"
+# The review loop through a PACS: where review cases go (as DERMSEG_SEND_TO), and the DICOMweb server whose
+# reviewers' SEGs the edge store pulls back (credentials in this variable's URL, never on a command line).
+ENV_REVIEW_SEND_TO = "DERMSEG_REVIEW_SEND_TO"
+ENV_REVIEW_PULL_FROM = "DERMSEG_REVIEW_PULL_FROM"
 ENV_TLS_CA_FILE = "DERMSEG_TLS_CA_FILE"
 ENV_TLS_CERT_FILE = "DERMSEG_TLS_CERT_FILE"
 ENV_TLS_KEY_FILE = "DERMSEG_TLS_KEY_FILE"
@@ -101,17 +108,17 @@ class AppSettings:
     write_probability_seg: bool
     flip_tta: bool  # DERMSEG_FLIP_TTA: segment the mirror image too, confidence x flip agreement (2x the compute)
     model_precision: str = "int8"  # DERMSEG_MODEL_PRECISION: int8 (model_int8.onnx where there is one) or fp32
-    # DERMSEG_CALLING_AET, DERMSEG_SEND_*, DERMSEG_DICOMWEB_TOKEN: how to send; read (and checked) only when
-    # DERMSEG_SEND_TO gives somewhere to send, else None
+    # DERMSEG_CALLING_AET, DERMSEG_SEND_*, DERMSEG_DICOMWEB_TOKEN: how to send (and pull); read (and checked)
+    # only when DERMSEG_SEND_TO, DERMSEG_REVIEW_SEND_TO or DERMSEG_REVIEW_PULL_FROM names a server, else None
     send: Optional[SendOptions] = None
     confidence_measure: str = DEFAULT_MEASURE  # DERMSEG_CONFIDENCE_MEASURE: one of operators.confidence.MEASURES
+    review_send_to: Optional[str] = None  # DERMSEG_REVIEW_SEND_TO: where review cases go (source, SEG, overlay)
+    review_pull_from: Optional[DicomWebTarget] = None  # DERMSEG_REVIEW_PULL_FROM: the service pulls corrections
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "AppSettings":
         """Read and check the settings; a bad value is a ValueError naming the variable (a bad send target or
         send option is a :class:`~monai_app.pacs.TargetError`, also a ValueError)."""
-        from operators.model import PRECISIONS  # loads torch: not at import, the send command reads settings too
-
         environ = os.environ if environ is None else environ
         # one case per model call by default: on the CPU batching is slower per image (benchmarks/app_throughput.py)
         batch_raw = environ.get(ENV_BATCH_SIZE, "1").strip() or "1"
@@ -119,16 +126,17 @@ class AppSettings:
             raise ValueError(f"{ENV_BATCH_SIZE}={batch_raw!r} must be a whole number from 1 to 256")
         probability = _flag(environ, ENV_PROBABILITY_SEG, True)
         flip_tta = _flag(environ, ENV_FLIP_TTA, False)
-        precision = environ.get(ENV_MODEL_PRECISION, "").strip().lower() or "int8"
-        if precision not in PRECISIONS:
-            raise ValueError(f"{ENV_MODEL_PRECISION}={precision!r} must be one of {', '.join(PRECISIONS)}")
+        precision = model_precision_from_env(environ)
         threshold = threshold_from_env(environ)
         measure = environ.get(ENV_CONFIDENCE_MEASURE, "").strip() or DEFAULT_MEASURE
         if measure not in MEASURES:
             raise ValueError(f"{ENV_CONFIDENCE_MEASURE}={measure!r} must be one of {', '.join(MEASURES)}")
         send_to = send_to_from_env(environ)
-        if send_to:
-            parse_targets(send_to)  # a typo in DERMSEG_SEND_TO stops the run before any inference
+        review_send_to = review_send_to_from_env(environ)
+        review_pull_from = review_pull_from_env(environ)
+        for targets in (send_to, review_send_to):
+            if targets:
+                parse_targets(targets)  # a typo in DERMSEG_SEND_TO stops the run before any inference
         return cls(
             confidence_threshold=threshold,
             edge_store=edge_store_from_env(environ),
@@ -137,8 +145,10 @@ class AppSettings:
             write_probability_seg=probability,
             flip_tta=flip_tta,
             model_precision=precision,
-            send=send_options_from_env(environ) if send_to else None,
+            send=send_options_from_env(environ) if send_to or review_send_to or review_pull_from else None,
             confidence_measure=measure,
+            review_send_to=review_send_to,
+            review_pull_from=review_pull_from,
         )
 
     def for_results(self) -> dict:
@@ -148,9 +158,21 @@ class AppSettings:
             ENV_CONFIDENCE_MEASURE: self.confidence_measure,
             "edge_store": self.edge_store is not None,
             "send_to": self.send_to is not None,
+            "review_send_to": self.review_send_to is not None,
             "flip_tta": self.flip_tta,
             "model_precision": self.model_precision,
         }
+
+
+def model_precision_from_env(environ: Optional[Mapping[str, str]] = None) -> str:
+    """``DERMSEG_MODEL_PRECISION`` (``int8`` or ``fp32``, default ``int8``): which export of a model folder runs."""
+    from operators.model import PRECISIONS  # loads torch: not at import, the send command reads settings too
+
+    environ = os.environ if environ is None else environ
+    precision = environ.get(ENV_MODEL_PRECISION, "").strip().lower() or "int8"
+    if precision not in PRECISIONS:
+        raise ValueError(f"{ENV_MODEL_PRECISION}={precision!r} must be one of {', '.join(PRECISIONS)}")
+    return precision
 
 
 def threshold_from_env(environ: Optional[Mapping[str, str]] = None) -> float:
@@ -174,6 +196,26 @@ def send_to_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[st
     """``DERMSEG_SEND_TO``, the comma-separated send targets, or None where it is unset or empty."""
     environ = os.environ if environ is None else environ
     return environ.get(ENV_SEND_TO) or None
+
+
+def review_send_to_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """``DERMSEG_REVIEW_SEND_TO``: where review cases are sent (same forms as ``DERMSEG_SEND_TO``), or None."""
+    environ = os.environ if environ is None else environ
+    return environ.get(ENV_REVIEW_SEND_TO, "").strip() or None
+
+
+def review_pull_from_env(environ: Optional[Mapping[str, str]] = None):
+    """``DERMSEG_REVIEW_PULL_FROM``, the DICOMweb server whose reviewers' SEGs the edge store pulls, as a parsed
+    :class:`~monai_app.pacs.DicomWebTarget` (basic-auth credentials may be in the URL: an environment variable
+    is not shown to other users, a command line is), or None where unset.  Not a DICOMweb URL: TargetError."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(ENV_REVIEW_PULL_FROM, "").strip()
+    if not raw:
+        return None
+    target = parse_target(raw)
+    if not isinstance(target, DicomWebTarget):
+        raise TargetError(f"{ENV_REVIEW_PULL_FROM}: corrections are pulled by DICOMweb: give http(s)://host:port/path")
+    return target
 
 
 def send_options_from_env(environ: Optional[Mapping[str, str]] = None, **overrides) -> SendOptions:

@@ -4,6 +4,9 @@
 Plain functions of (source dataset, arrays, model info), so each object can be built and checked alone.
 UIDs derive from the source's SOPInstanceUID and the model version: re-running a model on the same image gives
 the same UIDs, so a PACS replaces rather than duplicates, and a new model version gives new objects.
+
+A review case's BINARY SEG says so in its SeriesDescription (:data:`REVIEW_SERIES_DESCRIPTION`): the one place a
+viewer's study browser shows for every series, so a reviewer finds the cases to check without our results.json.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .conventions import MANUFACTURER
 __all__ = [
     "MANUFACTURER",
     "SKIN_LESION",
+    "REVIEW_SERIES_DESCRIPTION",
     "MORPHOLOGICALLY_ABNORMAL_STRUCTURE",
     "CERTAINTY_OF_FINDING",
     "pixel_spacing_mm",
@@ -50,6 +54,8 @@ UNIT_PIXELS = hd.sr.CodedConcept("{pixels}", "UCUM", "pixels")
 UNIT_NONE = hd.sr.CodedConcept("1", "UCUM", "no units")
 # Series numbers of the outputs, fixed so a viewer lists them in the same order for every study.
 SERIES_NUMBER = {"seg": 901, "seg_probability": 902, "sr": 903, "overlay_sc": 904}
+SERIES_DESCRIPTION = {"seg": "Skin lesion SEG", "seg_probability": "Skin lesion probability SEG"}
+REVIEW_SERIES_DESCRIPTION = "Skin lesion SEG - NEEDS REVIEW"
 
 
 def output_uid(source: Dataset, model: ModelInfo, kind: str, level: str = "instance") -> str:
@@ -123,13 +129,17 @@ def _seg(source: Dataset, array: np.ndarray, model: ModelInfo, kind: str, segmen
     )
     if "PatientOrientation" in source:
         seg.PatientOrientation = source.PatientOrientation
-    seg.SeriesDescription = {"seg": "Skin lesion SEG", "seg_probability": "Skin lesion probability SEG"}[kind]
+    seg.SeriesDescription = SERIES_DESCRIPTION[kind]
     return seg
 
 
-def build_binary_seg(source: Dataset, mask: np.ndarray, model: ModelInfo) -> hd.seg.Segmentation:
-    """BINARY SEG of the lesion mask, explicit VR little endian (BINARY allows no lossy syntax)."""
-    return _seg(source, (np.asarray(mask) > 0).astype(np.uint8), model, "seg", hd.seg.SegmentationTypeValues.BINARY)
+def build_binary_seg(source: Dataset, mask: np.ndarray, model: ModelInfo, needs_review: bool = False) -> hd.seg.Segmentation:
+    """BINARY SEG of the lesion mask, explicit VR little endian (BINARY allows no lossy syntax); a case routed to
+    review is marked in its SeriesDescription."""
+    seg = _seg(source, (np.asarray(mask) > 0).astype(np.uint8), model, "seg", hd.seg.SegmentationTypeValues.BINARY)
+    if needs_review:
+        seg.SeriesDescription = REVIEW_SERIES_DESCRIPTION
+    return seg
 
 
 def build_fractional_seg(source: Dataset, probability: np.ndarray, model: ModelInfo) -> hd.seg.Segmentation:

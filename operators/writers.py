@@ -19,7 +19,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from . import dicom_outputs as build
 from .case import Case, CaseBatch, atomic_write_with, case_output_dir, is_valid_uid
 from .case_step import CaseStepOperator
-from .conventions import CaseStatus
+from .conventions import CaseStatus, Route
 from .results import OUTPUT_NAMES, case_entry, write_results
 
 __all__ = [
@@ -82,7 +82,7 @@ class LesionSegWriterOperator(CaseWriter):
 
     A plain photo's VL Photographic wrapper is written first, as ``source.dcm``: the SEG references it.
 
-    Named input:  cases (with ``mask``, ``probability``, ``model``).
+    Named input:  cases (with ``mask``, ``probability``, ``model``, and ``route``: a review SEG is marked).
     Named outputs: cases, ``outputs`` gaining ``seg`` (and ``source``, ``seg_probability``); segs, the chunk's
     BINARY SEG datasets by source SOPInstanceUID, which the measurement report references.
     """
@@ -107,7 +107,7 @@ class LesionSegWriterOperator(CaseWriter):
             path = folder / OUTPUT_NAMES["source"]
             write_dicom(case.source, path)
             self._record(case, "source", path)
-        seg = build.build_binary_seg(case.source, case.mask, case.model)
+        seg = build.build_binary_seg(case.source, case.mask, case.model, needs_review=case.route == Route.REVIEW)
         path = folder / OUTPUT_NAMES["seg"]
         write_dicom(seg, path)
         self._record(case, "seg", path)

@@ -43,12 +43,13 @@ def case_pixels(index: int, shape: Tuple[int, int] = (24, 32)) -> Tuple[np.ndarr
     return rgb, mask
 
 
-def write_dms(path: Path, rgb: np.ndarray, index: int):
-    """Write ``rgb`` as a Dermoscopic Photography Image (DMS) with what highdicom needs of a SEG source."""
+def write_dms(path: Path, rgb: np.ndarray, index: int, pixel_spacing: Optional[float] = None, study: Optional[str] = None):
+    """Write ``rgb`` as a Dermoscopic Photography Image (DMS) with what highdicom needs of a SEG source; with
+    ``pixel_spacing`` (mm) a calibrated photo, with ``study`` in that study instead of the case's own."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
-    study, series, sop = case_uids(index)
+    study_uid, series, sop = case_uids(index)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DERMOSCOPIC_PHOTOGRAPHY_STORAGE
     meta.MediaStorageSOPInstanceUID = sop
@@ -56,7 +57,7 @@ def write_dms(path: Path, rgb: np.ndarray, index: int):
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = DERMOSCOPIC_PHOTOGRAPHY_STORAGE, sop
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid if study is None else study, series
     ds.Modality = "DMS"
     # highdicom needs these on a SEG's source (empty values are fine)
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Edge", f"EDGE{index}", "", ""
@@ -68,13 +69,18 @@ def write_dms(path: Path, rgb: np.ndarray, index: int):
     ds.Rows, ds.Columns = rgb.shape[:2]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    if pixel_spacing is not None:
+        ds.PixelSpacing = [pixel_spacing, pixel_spacing]
     ds.save_as(path, enforce_file_format=True)
     return ds
 
 
 def write_seg(path: Path, source_path: Path, mask: np.ndarray, label: str = "Skin lesion",
-              extra_segment: Optional[np.ndarray] = None, fractional: bool = False) -> None:
+              extra_segment: Optional[np.ndarray] = None, fractional: bool = False, manufacturer: str = "Test reviewer"):
     """A corrected DICOM-SEG of ``mask`` referencing the source, as a viewer saves it (built with highdicom).
+
+    OHIF's: ``label="Segment 1"`` (its segmented property type is then Tissue), ``manufacturer="OHIF"``, from a
+    source with Pixel Spacing (highdicom then writes Pixel Measures without a Slice Thickness).  Returns the SEG.
 
     ``extra_segment`` adds a second segment labelled "Ruler" (not a lesion) to check segment selection;
     ``fractional`` writes a FRACTIONAL SEG of ``mask`` as probabilities in [0, 1].
@@ -105,10 +111,12 @@ def write_seg(path: Path, source_path: Path, mask: np.ndarray, label: str = "Ski
         source_images=[source], pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=100,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="Test reviewer", manufacturer_model_name="manual",
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=manufacturer, manufacturer_model_name="manual",
         software_versions="1", device_serial_number="1", omit_empty_frames=False,
     )
+    seg.PatientOrientation = source.get("PatientOrientation", "")  # type 2C for a photograph's SEG (dciodvfy)
     seg.save_as(path)
+    return seg
 
 
 def record_test_case(store, work: Path, index: int, route: str = "accepted", model_version: str = MODEL_VERSION,

@@ -192,3 +192,20 @@ def test_a_closed_review_refuses_a_different_correction(review_store, tmp_path):
             f"(corrected from {case_uids(PNG_CASE)[2]}.png at {store.get_case(case_uids(PNG_CASE)[2]).corrected_at})"
         ]
         np.testing.assert_array_equal(stored_label(store, PNG_CASE), corrected_mask(PNG_CASE))
+
+
+def test_an_ohif_style_seg_of_a_calibrated_photo_imports(review_store, tmp_path):
+    """OHIF's SEG: one segment "Segment 1" (property Tissue), from a source with Pixel Spacing, so highdicom wrote
+    Pixel Measures without a Slice Thickness (legal for a photograph)."""
+    store_dir, work = review_store
+    folder = tmp_path / "returned"
+    folder.mkdir()
+    calibrated = write_dms(tmp_path / "calibrated.dcm", case_pixels(SEG_CASE)[0], SEG_CASE, pixel_spacing=0.05)
+    seg = write_seg(folder / "ohif.dcm", tmp_path / "calibrated.dcm", corrected_mask(SEG_CASE), label="Segment 1",
+                    manufacturer="OHIF")
+    (measures,) = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    assert "SliceThickness" not in measures and calibrated.SOPInstanceUID == case_uids(SEG_CASE)[2]
+    with EdgeStore(store_dir) as store:
+        report = import_corrections(store, folder)
+        assert report.ok and len(report.imported) == 1, [str(e) for e in report.failed]
+        np.testing.assert_array_equal(stored_label(store, SEG_CASE), corrected_mask(SEG_CASE))

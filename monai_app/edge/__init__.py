@@ -13,7 +13,9 @@ Everything else is ``python -m monai_app.edge --store DIR <command>``.
 
 The parts: ``store.py`` (the case store and review queue, ``EdgeStore``), ``model_registry.py`` (the deployed
 model versions), ``database.py`` (the crash-safe write protocol both use), ``schema.py`` (the folder layout, the
-SQLite schema, the case states), ``corrections.py`` and ``review_package.py`` (the reviewer's round trip).
+SQLite schema, the case states), ``corrections.py`` and ``review_package.py`` (the reviewer's round trip by
+folder), ``pacs_pull.py`` (the same round trip through a PACS, by DICOMweb), ``model_gate.py`` (a new version
+installs only if it is no worse on the site's corrected cases).
 """
 
 from .model_registry import ModelRegistry

@@ -6,7 +6,9 @@ or OHIF saves it, that references the source image (ReferencedSeriesSequence and
 references).  A SEG is read as ``highdicom.seg.segread`` reads it, once the file is known to be a Segmentation.
 From a SEG the segments labelled as skin lesion are taken (segmented property type SNOMED CT 95324001, or a
 segment label containing "lesion"); where none is so labelled, the union of all segments.  FRACTIONAL segments
-count as lesion where the value is at least 0.5.
+count as lesion where the value is at least 0.5.  Any valid SEG a viewer writes is read: Pixel Measures without
+a Slice Thickness (legal for a photograph, and what highdicom writes from a source with Pixel Spacing) get a
+placeholder thickness in the copy that is read, since highdicom's reader insists on one; the mask does not use it.
 
 Every file is checked on its own (readable, a PNG or a SEG, names or references a case that is waiting for
 review, as large as the source image); a bad file gets one clear message naming it and its problem, and never
@@ -84,6 +86,15 @@ def _lesion_segment_numbers(seg) -> List[int]:
     return lesion or [int(description.SegmentNumber) for description in seg.SegmentSequence]
 
 
+def _fill_slice_thickness(dataset) -> None:
+    """A placeholder SliceThickness in Pixel Measures items that have none (see the module docstring)."""
+    groups = [*dataset.get("SharedFunctionalGroupsSequence", []), *dataset.get("PerFrameFunctionalGroupsSequence", [])]
+    for group in groups:
+        for measures in group.get("PixelMeasuresSequence", []):
+            if "SliceThickness" not in measures:
+                measures.SliceThickness = 1.0
+
+
 def _read_seg(path: Path, data: bytes, store: EdgeStore) -> Tuple[str, np.ndarray]:
     """The case a DICOM-SEG corrects and its lesion mask; CorrectionError for anything else."""
     import highdicom as hd
@@ -106,6 +117,7 @@ def _read_seg(path: Path, data: bytes, store: EdgeStore) -> Tuple[str, np.ndarra
         raise CorrectionError(
             path, f"not a DICOM-SEG: SOP Class is {name} (Modality {dataset.get('Modality', '?')}); send a Segmentation"
         )
+    _fill_slice_thickness(dataset)
     try:
         seg = hd.seg.Segmentation.from_dataset(dataset, copy=False)
     except Exception as exc:

@@ -19,7 +19,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 from networks.durable import atomic_symlink
 from operators.conventions import utc_timestamp
@@ -164,6 +164,23 @@ class ModelRegistry:
             self._log_event(db, "rollback", stack[1]["version"])
         self.point_active_link()
         return stack[1]["version"]
+
+    def record_scores(self, scores: Mapping[str, float], cases: int) -> None:
+        """Record the install gate's mean Jaccard of each version on ``cases`` corrected cases (``model_gate.py``)."""
+        with self.database.write_transaction() as db:
+            for version, score in scores.items():
+                db.execute(
+                    "INSERT INTO model_scores (version, mean_jaccard, cases, scored_at) VALUES (?, ?, ?, ?)",
+                    (version, float(score), int(cases), utc_timestamp()),
+                )
+
+    def latest_score(self, version: str) -> Optional[dict]:
+        """The latest gate score of ``version``: ``{"mean_jaccard", "cases", "scored_at"}``, or None."""
+        rows = self.database.query(
+            "SELECT mean_jaccard, cases, scored_at FROM model_scores WHERE version = ? ORDER BY id DESC LIMIT 1",
+            (version,),
+        )
+        return dict(rows[0]) if rows else None
 
     @staticmethod
     def _log_event(db, action: str, version: str) -> None:

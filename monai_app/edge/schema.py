@@ -76,7 +76,9 @@ def _sql_values(members: Iterable[enum.Enum]) -> str:
     return ", ".join(f"'{member.value}'" for member in members)
 
 
-SCHEMA_VERSION = 2  # 2: model_exports (a version's ONNX exports beside its TorchScript); 1 opens and migrates
+# 2: model_exports (a version's ONNX exports beside its TorchScript); 3: model_scores (the gate's scores).
+# Older stores open and migrate.
+SCHEMA_VERSION = 3
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS cases (
@@ -127,6 +129,15 @@ CREATE TABLE IF NOT EXISTS model_events (
     action  TEXT NOT NULL CHECK (action IN ('install', 'activate', 'rollback')),
     version TEXT NOT NULL,
     at      TEXT NOT NULL
+);
+-- The install gate's scores: each model it ran, scored on the store's corrected cases (mean Jaccard against the
+-- reviewers' masks).  One row per model and gate run (a refused version is scored, never installed).
+CREATE TABLE IF NOT EXISTS model_scores (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    version      TEXT NOT NULL,
+    mean_jaccard REAL NOT NULL,
+    cases        INTEGER NOT NULL,
+    scored_at    TEXT NOT NULL
 );
 """
 

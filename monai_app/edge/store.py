@@ -188,8 +188,11 @@ class EdgeStore:
         return counts
 
     def status(self) -> dict:
-        """What ``python -m monai_app.edge status`` prints."""
-        return {**self.counts(), "model_version": self.active_model_version()}
+        """What ``python -m monai_app.edge status`` prints; ``model_score`` only once the install gate scored the
+        active version (its latest score on the corrected cases)."""
+        version = self.active_model_version()
+        score = self.models.latest_score(version) if version is not None else None
+        return {**self.counts(), "model_version": version, **({"model_score": score} if score else {})}
 
     def verify(self) -> List[str]:
         """Problems with the files the rows reference (missing, or changed since written); empty when sound."""

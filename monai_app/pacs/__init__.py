@@ -35,7 +35,7 @@ The modules, one concern each:
 from .dicomweb import DicomWebTarget
 from .dimse import DimseTarget
 from .options import DEFAULT_CALLING_AET, SendOptions
-from .outputs import DicomObject, find_dicom_outputs, is_dicom_file, read_results
+from .outputs import DicomObject, OutputSelection, find_dicom_outputs, is_dicom_file, read_results, review_selection
 from .send import SendSummary, send_outputs
 from .targets import TRANSPORTS, parse_target, parse_targets
 from .transport import Outcome, Target, TargetError
@@ -46,6 +46,7 @@ __all__ = [
     "DicomWebTarget",
     "DimseTarget",
     "Outcome",
+    "OutputSelection",
     "SendOptions",
     "SendSummary",
     "Target",
@@ -56,5 +57,6 @@ __all__ = [
     "parse_target",
     "parse_targets",
     "read_results",
+    "review_selection",
     "send_outputs",
 ]

@@ -78,7 +78,7 @@ def send(
     outcomes: Dict[DicomObject, Outcome] = {}
     for index, obj in enumerate(objects):
         try:
-            data = (out_dir / obj.path).read_bytes()
+            data = obj.file(out_dir).read_bytes()
         except OSError as error:
             outcomes[obj] = Outcome(f"cannot read {obj.path}: {error.strerror or error}")
             continue

@@ -91,7 +91,7 @@ def send(
                 outcomes[obj] = Outcome("the association was closed or aborted by the PACS", retryable=True)
                 continue
             try:
-                dataset = dcmread(out_dir / obj.path)
+                dataset = dcmread(obj.file(out_dir))
             except Exception as error:  # removed or damaged since it was listed: say so, and go on with the rest
                 outcomes[obj] = Outcome(f"cannot read {obj.path}: {error}")
                 continue

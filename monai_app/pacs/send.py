@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from .options import SendOptions
-from .outputs import DicomObject, find_dicom_outputs, read_results
+from .outputs import DicomObject, OutputSelection, find_dicom_outputs, read_results
 from .targets import parse_targets, transport_for
 from .transfers import OutputFolderLock, is_sent, recorded_transfers, save_transfers, transfer_record
 from .transport import Outcome, Target
@@ -59,15 +59,17 @@ def send_outputs(
     retries: Optional[int] = None,
     retry_delay: Optional[float] = None,
     dicomweb_token: Optional[str] = None,
+    select: Optional[OutputSelection] = None,
 ) -> SendSummary:
     """Send every DICOM output of the run in ``out_dir`` to every target that does not have it yet.
 
     ``targets`` is a comma-separated string, or a list of them or of parsed targets (None: no target, nothing is
-    sent).  ``options`` default to :class:`SendOptions`' defaults (the app passes the ones ``monai_app.settings``
-    read from ``DERMSEG_*``); the keyword arguments that are not None override single options.  Send failures
-    never raise: they are recorded in results.json's ``transfers`` and returned in the summary, and the files
-    stay in OUT for a later retry.  A bad target or option raises :class:`TargetError` before anything is sent;
-    a missing or unreadable results.json raises FileNotFoundError or ValueError.
+    sent).  ``select`` narrows what is sent (the review destination's: ``review_selection``); default: every
+    DICOM output.  ``options`` default to :class:`SendOptions`' defaults (the app passes the ones
+    ``monai_app.settings`` read from ``DERMSEG_*``); the keyword arguments that are not None override single
+    options.  Send failures never raise: they are recorded in results.json's ``transfers`` and returned in the
+    summary, and the files stay in OUT for a later retry.  A bad target or option raises :class:`TargetError`
+    before anything is sent; a missing or unreadable results.json raises FileNotFoundError or ValueError.
     """
     out_dir = Path(out_dir)
     parsed = parse_targets(targets)
@@ -85,7 +87,7 @@ def send_outputs(
     read_results(out_dir)  # a missing or broken results.json is reported before anything else happens
     with OutputFolderLock(out_dir):
         results = read_results(out_dir)  # again, now that no other sender can be writing it
-        objects = find_dicom_outputs(out_dir, results)
+        objects = find_dicom_outputs(out_dir, results, select)
         summary.objects = len(objects)
         existing = recorded_transfers(results)
         for target in parsed:

@@ -7,6 +7,10 @@ run (results reach the PACS sooner, and the disk is freed).  Outages are waited 
 backoff, one :class:`Backoff` each for Orthanc and for the PACS: while Orthanc is down, results already made are
 still sent; while the PACS is down, studies are still segmented and their results wait (state ``sending``).
 Neither outage counts against a study's attempts.
+
+With ``DERMSEG_REVIEW_PULL_FROM`` and an edge store, the loop also pulls the reviewers' corrections from that
+DICOMweb server every ``review_pull_interval`` (``monai_app.edge.pacs_pull``), between rounds: a pull is a few
+queries, and a failed one is logged and tried again at the next interval, never stopping the segmentation.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class ServiceOptions:
     backoff_max: float = 300.0  # the cap of that backoff
     arriving_grace: float = 120.0  # a study announced but not reported stable this long is checked by hand
     page_size: int = 100  # changes per request
+    review_pull_interval: float = 600.0  # seconds between pulls of corrections (with DERMSEG_REVIEW_PULL_FROM)
 
 
 class Backoff:
@@ -83,6 +88,7 @@ class EdgeService:
         self.orthanc_backoff = Backoff(f"Orthanc at {orthanc.url}", options.backoff_first, options.backoff_max)
         self.pacs_backoff = Backoff("the PACS", options.backoff_first, options.backoff_max)
         self._last_sweep = 0.0
+        self._last_pull = float("-inf")
 
     # the loop --------------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -92,6 +98,7 @@ class EdgeService:
             _log.warning("DERMSEG_SEND_TO is not set: results stay in %s/studies and are not sent", self.work)
         try:
             while not self.stop.is_set():
+                self.pull_corrections()
                 worked = self.step()
                 self.metrics.queue_depth.set(self.progress.queue_depth())
                 if not worked:
@@ -156,6 +163,28 @@ class EdgeService:
             if stable:
                 _log.info("study %s is stable without a StableStudy change: queued", item.study)
                 self.progress.mark_stable(item)
+
+    def pull_corrections(self) -> None:
+        """Every ``review_pull_interval``: the reviewers' SEGs from ``DERMSEG_REVIEW_PULL_FROM`` into the store."""
+        target, store_dir = self.settings.review_pull_from, self.settings.edge_store
+        if target is None or store_dir is None or time.monotonic() - self._last_pull < self.options.review_pull_interval:
+            return
+        self._last_pull = time.monotonic()
+        if not (store_dir / "edge.sqlite").exists():
+            return  # no case recorded yet: nothing waits for review
+        from ..edge import EdgeStore
+        from ..edge.pacs_pull import dicomweb_client_for, pull_corrections
+
+        send = self.settings.send
+        client = dicomweb_client_for(target, send.dicomweb_token if send else None, send.timeout if send else 30.0)
+        try:
+            with EdgeStore(store_dir, create=False) as store:
+                pulled = pull_corrections(store, client)
+        except Exception as error:  # server down, store busy: the next interval tries again; segmenting goes on
+            _log.warning("pulling corrections from %s failed: %s: %s", target.label, type(error).__name__, error)
+            return
+        _log.info("corrections pulled from %s: %s (%d SEG(s) of our own left alone)", target.label,
+                  pulled.report.summary(), pulled.own)
 
     # a round ---------------------------------------------------------------------------------------------------
     def folder(self, item: Round) -> Path:
