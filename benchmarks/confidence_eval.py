@@ -30,18 +30,12 @@ sys.path.insert(0, str(REPO))
 
 from networks.preprocessing import read_mask, read_rgb  # noqa: E402
 from operators.case import Case  # noqa: E402
-from operators.confidence import DEFAULT_MEASURE, MEASURES, case_confidence  # noqa: E402
+from operators.confidence import DEFAULT_MEASURE, MEASURES, case_confidence, jaccard  # noqa: E402
 from operators.model import load_model, resolve_model_file  # noqa: E402
 from operators.segmentation import segment_cases  # noqa: E402
 
 FAILURE_JACCARD = 0.65
 THRESHOLDS = [round(t, 2) for t in np.arange(0.30, 0.96, 0.05)]
-
-
-def jaccard(mask: np.ndarray, truth: np.ndarray) -> float:
-    a, b = mask > 0, truth > 0
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:

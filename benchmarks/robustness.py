@@ -32,10 +32,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from confidence_eval import FAILURE_JACCARD, jaccard  # noqa: E402  (this folder, the same definitions)
+from confidence_eval import FAILURE_JACCARD  # noqa: E402  (this folder: the same failure cut-off)
 
 from networks.preprocessing import read_mask, read_rgb  # noqa: E402
 from operators.case import Case  # noqa: E402
+from operators.confidence import jaccard  # noqa: E402
 from operators.model import load_model  # noqa: E402
 from operators.segmentation import segment_cases  # noqa: E402
 

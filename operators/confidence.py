@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "lesion_confidence",
     "flip_agreement",
+    "jaccard",
     "route_for",
 ]
 
@@ -79,6 +80,14 @@ def case_confidence(probability: np.ndarray, flip_agreement: Optional[float] = N
     if flip_agreement is not None:
         confidence *= float(np.clip(flip_agreement, 0.0, 1.0))
     return confidence
+
+
+def jaccard(mask: np.ndarray, truth: np.ndarray) -> float:
+    """Jaccard (intersection over union) of two masks of the same image; 1 where both are empty.  The score the
+    edge's install gate and the benchmarks give a segmentation against a reference mask."""
+    a, b = np.asarray(mask) > 0, np.asarray(truth) > 0
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def flip_agreement(mask: np.ndarray, flipped_back_mask: np.ndarray) -> float:

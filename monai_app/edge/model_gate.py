@@ -20,17 +20,13 @@ from typing import List, Tuple
 
 import numpy as np
 
+from operators.confidence import jaccard
+
 from .model_registry import model_exports, read_name_and_version
 from .schema import CaseState, EdgeStoreError
 from .store import EdgeStore
 
 __all__ = ["mean_jaccard", "score_model", "install_gated"]
-
-
-def jaccard(mask: np.ndarray, truth: np.ndarray) -> float:
-    a, b = np.asarray(mask) > 0, np.asarray(truth) > 0
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def mean_jaccard(masks: List, truths: List[np.ndarray]) -> float:
