@@ -19,7 +19,7 @@ from .conventions import RESULTS_FILE, CaseStatus, Route
 if TYPE_CHECKING:  # the readers (the PACS sender, the edge tools) load no torch or numpy through this module
     from .case import Case
 
-__all__ = ["RESULTS_FILE", "RESULTS_SCHEMA", "OUTPUT_NAMES", "case_entry", "write_results", "read_results"]
+__all__ = ["RESULTS_FILE", "RESULTS_SCHEMA", "OUTPUT_NAMES", "case_entry", "write_results", "write_document", "read_results"]
 
 # The files a case may have in OUT/<source SOPInstanceUID>/: kind (the keys of an entry's "outputs") -> file
 # name.  Fixed names, nothing taken from the input.
@@ -93,10 +93,16 @@ def case_entry(case: "Case") -> Dict:
 
 
 def write_results(output_folder: Path, entries: Iterable[Mapping], settings: Optional[Mapping] = None) -> Path:
-    """Write ``OUT/results.json`` atomically: a reader sees the previous complete file or the new one."""
+    """Write ``OUT/results.json`` from the run's entries and settings (see :func:`write_document`)."""
     document: Dict = {"cases": list(entries)}
     if settings:
         document["settings"] = dict(settings)
+    return write_document(output_folder, document)
+
+
+def write_document(output_folder: Path, document: Mapping) -> Path:
+    """Write a whole results.json document (as :func:`read_results` gave it, changed) atomically: a reader sees
+    the previous complete file or the new one."""
     path = Path(output_folder) / RESULTS_FILE
     atomic_write_bytes(path, json.dumps(document, indent=2, default=_json_default).encode("utf-8"))
     return path

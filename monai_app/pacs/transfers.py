@@ -11,13 +11,12 @@ so a crash keeps what was recorded before it.  The app's ``"cases"`` are never c
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-from networks.durable import atomic_write_bytes
-from operators.conventions import RESULTS_FILE, utc_timestamp
+from operators import results
+from operators.conventions import utc_timestamp
 
 from .outputs import DicomObject, read_results
 from .transport import Outcome, Target
@@ -64,7 +63,7 @@ def save_transfers(out_dir: Path, records: Dict[Key, dict]) -> None:
     merged = recorded_transfers(document)
     merged.update(records)
     document["transfers"] = list(merged.values())
-    atomic_write_bytes(Path(out_dir) / RESULTS_FILE, json.dumps(document, indent=2).encode("utf-8"))
+    results.write_document(out_dir, document)
 
 
 class OutputFolderLock:
