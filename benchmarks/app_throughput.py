@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/app_throughput.py [--model MODEL] [--cases 100] [--app-cases 60]
 
 Inputs are Dermoscopic Photography DICOM files (JPEG baseline, 765 x 575, the typical ISIC dermoscopy size)
-made from the shipped sample photos.  Four tables:
+made from the shipped sample photos; then the same at a camera's full resolution, 3024 x 2016 (``--full-res-cases``
+of them, with sensor-like noise so that each JPEG is the size of a camera's, about 1.5 MB).  Four tables (the first
+two for each size):
 
 1. per stage, in this process, over ``--cases`` cases with the app's own functions and model runtime: decode,
    preprocess, model call (``--batch`` cases per call, the app's default), postprocess (resize to the photo,
@@ -52,16 +54,20 @@ from operators.confidence import lesion_confidence  # noqa: E402
 from operators import dicom_outputs as build  # noqa: E402
 from operators.loader import dicom_to_rgb, load_file  # noqa: E402
 from operators.model import load_model, resolve_model_file  # noqa: E402
-from operators.writers import write_png  # noqa: E402
+from operators.writers import OVERLAY_PNG_MAX_SIDE, write_png  # noqa: E402
 from monai_app.settings import AppSettings  # noqa: E402
 
 TYPICAL_SIZE = (765, 575)  # width, height
+FULL_RES_SIZE = (3024, 2016)  # a 6-megapixel camera photo (a dermatoscope on a phone or a DSLR)
+TARGET_IMAGES_PER_S = {TYPICAL_SIZE: 4.0, FULL_RES_SIZE: 1.0}  # the whole app, start-up included
 BATCH = 8  # the batched rows of the runtime table
 APP_BATCH = AppSettings.from_env({}).batch_size  # the app's default cases per model call
 
 
-def sample_photos() -> List[np.ndarray]:
-    """The shipped sample photos (DICOM and JPEG), as RGB at the typical dermoscopy size."""
+def sample_photos(size=TYPICAL_SIZE, noise: int = 0) -> List[np.ndarray]:
+    """The shipped sample photos (DICOM and JPEG), as RGB at ``size`` (width, height); ``noise`` adds uniform
+    noise of that amplitude (a smooth upscaled photo compresses far better than a camera's)."""
+    rng = np.random.default_rng(0)
     photos = []
     for path in sorted((REPO / "samples" / "input").rglob("*")):
         if path.suffix.lower() == ".dcm":
@@ -70,15 +76,19 @@ def sample_photos() -> List[np.ndarray]:
             rgb = np.asarray(PIL.Image.open(path).convert("RGB"))
         else:
             continue
-        photos.append(np.asarray(PIL.Image.fromarray(rgb).resize(TYPICAL_SIZE, PIL.Image.BILINEAR)))
+        photo = np.asarray(PIL.Image.fromarray(rgb).resize(size, PIL.Image.BILINEAR))
+        if noise:
+            photo = np.clip(photo + rng.integers(-noise, noise + 1, photo.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+        photos.append(photo)
     return photos
 
 
-def make_inputs(folder: Path, count: int) -> List[Path]:
-    photos = sample_photos()
+def make_inputs(folder: Path, count: int, size=TYPICAL_SIZE) -> List[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = sample_photos(size, noise=12 if size == FULL_RES_SIZE else 0)
     paths = []
     for i in range(count):
-        ds = photo_dataset(photos[i % len(photos)], compression="jpeg", pixel_spacing_mm=0.02, seed=f"bench-{i}")
+        ds = photo_dataset(photos[i % len(photos)], compression="jpeg", pixel_spacing_mm=0.02, seed=f"bench-{size[0]}-{i}")
         path = folder / f"case{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -139,7 +149,7 @@ def stage_table(paths: List[Path], model, info: ModelInfo, out: Path, batch: int
             seconds["SR"] += time.perf_counter() - t
             t = time.perf_counter()
             overlay = build.overlay_rgb(case.rgb, case.mask)
-            write_png(overlay, out / f"{i}_overlay.png")
+            write_png(overlay, out / f"{i}_overlay.png", max_side=OVERLAY_PNG_MAX_SIDE)
             build.build_overlay_sc(case.source, overlay, info).save_as(out / f"{i}_sc.dcm")
             seconds["overlay PNG + SC"] += time.perf_counter() - t
     return seconds
@@ -199,11 +209,44 @@ def runtime_table(model: Path, scratch: Path, repeats: int) -> tuple[List[tuple]
     return rows, agreement
 
 
+def measure_size(size, cases: int, app_cases: int, model: Path, loaded, info: ModelInfo, batch: int, scratch: Path) -> None:
+    """Tables 1 and 2 for inputs of ``size`` (width, height), printed."""
+    work = scratch / f"{size[0]}x{size[1]}"
+    paths = make_inputs(work / "in", max(cases, app_cases), size)
+    (work / "written").mkdir()
+    stages = stage_table(paths[:cases], loaded, info, work / "written", batch)
+    (work / "app_in").mkdir()
+    for p in paths[:app_cases]:
+        os.link(p, work / "app_in" / p.name)
+    (work / "empty").mkdir()
+    startup = whole_app(work / "empty", model, work / "empty_out")
+    app = whole_app(work / "app_in", model, work / "app_out")
+    megabytes = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
+
+    print(f"\n### DMS JPEG {size[0]}x{size[1]} (files of {megabytes:.2f} MB on average)\n")
+    total = sum(stages.values())
+    print(f"Per stage, {cases} cases in one process ({type(loaded).__name__}, {batch} case(s) per model call)\n")
+    print("| stage | ms per image | share |")
+    print("|---|---:|---:|")
+    for name, s in stages.items():
+        print(f"| {name} | {1e3 * s / cases:.1f} | {100 * s / total:.0f}% |")
+    print(f"| **all stages** | **{1e3 * total / cases:.1f}** | {cases / total:.2f} images/s |")
+
+    print("\nThe whole app, `python -m monai_app`, start-up included\n")
+    print("| run | cases (ok) | wall (s) | images/s | target | peak RSS (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| start-up alone (empty input) | 0 | {startup['wall_s']:.1f} | | | {startup['peak_rss_mib']:.0f} |")
+    print(f"| {app['cases']} cases | {app['cases']} ({app['ok']}) | {app['wall_s']:.1f} | {app['img_s']:.2f} | "
+          f">= {TARGET_IMAGES_PER_S[size]:.2f} | {app['peak_rss_mib']:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model file or folder (default: the bundle's exports)")
     parser.add_argument("--cases", type=int, default=100, help="cases for the per-stage table")
     parser.add_argument("--app-cases", type=int, default=60, help="cases for the whole-app run")
+    parser.add_argument("--full-res-cases", type=int, default=30,
+                        help=f"{FULL_RES_SIZE[0]}x{FULL_RES_SIZE[1]} cases for both tables (0: skip that size)")
     parser.add_argument("--batch", type=int, default=APP_BATCH, help="cases per model call in the per-stage table")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
@@ -212,34 +255,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dermseg-bench-") as scratch:
         scratch = Path(scratch)
         model, model_label = model_folder(args.model, scratch)
-        for name in ("in", "written", "app_in", "empty"):
-            (scratch / name).mkdir()
-        paths = make_inputs(scratch / "in", max(args.cases, args.app_cases))
-
         loaded, info = load_model(model)
-        runtime = type(loaded).__name__
-        stages = stage_table(paths[: args.cases], loaded, info, scratch / "written", args.batch)
-        for p in paths[: args.app_cases]:
-            os.link(p, scratch / "app_in" / p.name)
-        startup = whole_app(scratch / "empty", model, scratch / "empty_out")
-        app = whole_app(scratch / "app_in", model, scratch / "app_out")
+        print(f"\nModel: {model_label}; {torch.get_num_threads()} threads")
+        measure_size(TYPICAL_SIZE, args.cases, args.app_cases, model, loaded, info, args.batch, scratch)
+        if args.full_res_cases:
+            measure_size(FULL_RES_SIZE, args.full_res_cases, args.full_res_cases, model, loaded, info, args.batch, scratch)
         runtimes, agreement = runtime_table(model, scratch, args.repeats)
-
-    print(f"\nModel: {model_label}; {torch.get_num_threads()} threads; inputs: DMS JPEG {TYPICAL_SIZE[0]}x{TYPICAL_SIZE[1]}\n")
-    total = sum(stages.values())
-    print(f"Per stage, {args.cases} cases in one process ({runtime}, {args.batch} case(s) per model call)\n")
-    print("| stage | ms per image | share |")
-    print("|---|---:|---:|")
-    for name, s in stages.items():
-        print(f"| {name} | {1e3 * s / args.cases:.1f} | {100 * s / total:.0f}% |")
-    print(f"| **all stages** | **{1e3 * total / args.cases:.1f}** | {args.cases / total:.2f} images/s |")
-
-    print("\nThe whole app, `python -m monai_app`, start-up included\n")
-    print("| run | cases (ok) | wall (s) | images/s | target | peak RSS (MiB) |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print(f"| start-up alone (empty input) | 0 | {startup['wall_s']:.1f} | | | {startup['peak_rss_mib']:.0f} |")
-    print(f"| {app['cases']} cases | {app['cases']} ({app['ok']}) | {app['wall_s']:.1f} | {app['img_s']:.2f} | >= 2.00 | "
-          f"{app['peak_rss_mib']:.0f} |")
 
     print("\nModel call per image, 256x256 (median)\n")
     base = {b: ms for name, b, ms in runtimes if name.startswith("TorchScript as exported")}

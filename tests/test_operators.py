@@ -97,6 +97,29 @@ def test_loader_reads_dicom_photographs(tmp_path, rgb, sop_class, compression):
         assert keyword in case.source
 
 
+def test_jpeg_photographs_decode_to_the_pixels_pydicom_decodes(tmp_path, rgb):
+    """The loader decodes baseline JPEG in YCbCr with Pillow directly (a quarter of pydicom's time on a camera's
+    photo): the pixels must be pydicom's own, and a larger photo must keep its size."""
+    big = np.asarray(PIL.Image.fromarray(rgb).resize((640, 400)))
+    path = save_dicom(photo_dataset(big, compression="jpeg"), tmp_path / "x.dcm")
+    expected = pydicom.dcmread(path).pixel_array
+    case = load_file(path, "x.dcm")
+    assert case.ok, case.error
+    np.testing.assert_array_equal(case.rgb, expected)
+
+
+def test_a_camera_photo_is_resized_for_the_model_as_a_small_one_is():
+    """Photos many times the model's size are resized in uint8 (fast): within the uint8 rounding of the float path."""
+    rng = np.random.default_rng(0)
+    photo = np.asarray(PIL.Image.fromarray(isic_rgb("ISIC_0000001", None)).resize((1600, 1100)))
+    photo = np.clip(photo + rng.integers(-10, 11, photo.shape), 0, 255).astype(np.uint8)
+    fast = rgb_to_model_input(photo)
+    chw = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255.0
+    reference = torch.nn.functional.interpolate(chw, size=(256, 256), mode="bilinear", align_corners=False, antialias=True)[0]
+    assert fast.shape == (3, 256, 256) and fast.dtype == torch.float32 and fast.is_contiguous()
+    assert (fast - reference).abs().max() <= 1.0 / 255 + 1e-6
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_loader_wraps_plain_photos_as_vl_photographic(tmp_path, rgb, suffix):
     photo = tmp_path / f"phone{suffix}"
@@ -460,6 +483,22 @@ def test_overlay_png_and_secondary_capture(tmp_path, rgb, tiny_model_path):
     assert back.BurnedInAnnotation == "YES" and back.StudyInstanceUID == case.source.StudyInstanceUID
     # the app never segments its own overlays again
     assert load_file(path, "sc.dcm").status == "skipped"
+
+
+def test_the_overlay_png_of_a_camera_photo_is_reduced_to_fit_a_screen(tmp_path):
+    from operators.writers import OVERLAY_PNG_MAX_SIDE, write_png
+
+    photo = np.random.default_rng(0).integers(0, 256, (2016, 3024, 3), dtype=np.uint8)
+    write_png(photo, tmp_path / "full.png")
+    write_png(photo, tmp_path / "reduced.png", max_side=OVERLAY_PNG_MAX_SIDE)
+    write_png(photo[:500, :700], tmp_path / "small.png", max_side=OVERLAY_PNG_MAX_SIDE)
+    with PIL.Image.open(tmp_path / "full.png") as full, PIL.Image.open(tmp_path / "reduced.png") as reduced:
+        assert full.size == (3024, 2016) and reduced.size == (1512, 1008)
+        # a 2x2 box average, not a subsampling
+        expected = photo[:2, :2].reshape(-1, 3).mean(axis=0)
+        assert np.abs(np.asarray(reduced)[0, 0] - expected).max() <= 1
+    with PIL.Image.open(tmp_path / "small.png") as small:
+        np.testing.assert_array_equal(np.asarray(small), photo[:500, :700])
 
 
 def test_writer_operators_alone_write_atomically_inside_out(tmp_path, rgb, tiny_model_path):

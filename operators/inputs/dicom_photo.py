@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
+import PIL.Image
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless
 from pydicom.valuerep import DA, TM
 
 from ..case import Case
@@ -121,6 +122,8 @@ def dicom_to_rgb(ds: Dataset) -> np.ndarray:
             raise ValueError(f"PixelData holds {data_length} bytes, {rows} x {columns} x {samples} needs {needed}")
     else:
         _check_compressed_size(ds, syntax, rows, columns)
+        if syntax == JPEGBaseline8Bit and samples == 3 and photometric in ("YBR_FULL_422", "YBR_FULL"):
+            return _decode_ycbcr_jpeg(ds, rows, columns)
 
     pixels = ds.pixel_array  # pydicom 3 converts YBR to RGB itself
     if samples == 1:
@@ -130,6 +133,20 @@ def dicom_to_rgb(ds: Dataset) -> np.ndarray:
     if pixels.shape != (rows, columns, 3):
         raise ValueError(f"decoded pixels have shape {pixels.shape}, header says {rows} x {columns} x 3")
     return np.ascontiguousarray(pixels.astype(np.uint8, copy=False))
+
+
+def _decode_ycbcr_jpeg(ds: Dataset, rows: int, columns: int) -> np.ndarray:
+    """A baseline JPEG frame in YCbCr decoded straight to RGB by Pillow (libjpeg-turbo converts the colours while
+    it decodes).  The same pixels as ``ds.pixel_array``, which decodes with Pillow as well, in a quarter of the
+    time: 70 against 250 ms for a 3024 x 2016 camera photo (``benchmarks/app_throughput.py --full-res``)."""
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    with PIL.Image.open(io.BytesIO(frame), formats=["JPEG"]) as image:
+        if image.mode not in ("RGB", "YCbCr"):  # e.g. CMYK from an Adobe marker: pydicom's general path
+            return np.ascontiguousarray(ds.pixel_array.astype(np.uint8, copy=False))
+        pixels = np.asarray(image.convert("RGB"))
+    if pixels.shape != (rows, columns, 3):
+        raise ValueError(f"decoded pixels have shape {pixels.shape}, header says {rows} x {columns} x 3")
+    return pixels
 
 
 def _complete_source(ds: Dataset) -> Dataset:
