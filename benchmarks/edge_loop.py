@@ -1,13 +1,20 @@
-"""The whole edge loop, measured: deploy, route, correct, fine-tune, redeploy, and what it bought.
+"""The whole edge loop, measured: deploy, route, review in the PACS, fine-tune, redeploy, and what it bought.
 
     .venv/bin/python benchmarks/edge_loop.py [--edge-cases 100] [--test-cases 100] [--isic-train 300]
         [--epochs 2] [--work runs/edge_loop]
 
 1. The deployed model (``training_bundle/models/``: ``model.pt``, served from its exports as the app serves them)
    runs in the app with an edge store over ``--edge-cases`` photos it never trained on: the first images of the bundle's test split, from
-   the 512-px copy (a resolution the model never saw), given to the app as plain JPEG photos.
-2. The confidence routes them; "the institution" corrects every ``review`` case with its ground truth, returned
-   as PNG corrections through ``python -m monai_app.edge import-corrections``.
+   the 512-px copy (a resolution the model never saw), given to the app as plain JPEG photos.  The app's
+   ``DERMSEG_REVIEW_SEND_TO`` is a real Orthanc with DICOMweb, the reviewers' PACS (Debian's Orthanc in a
+   loopback-only network namespace, as the tests run it: ``tests/_orthanc.py``), so each ``review`` case's source
+   (the app's VL Photographic wrapper of the JPEG), its SEG marked for review and its overlay land there.
+2. The confidence routes them; "the institution" corrects every ``review`` case as a reviewer does in a viewer:
+   it finds the series marked for review in the PACS (QIDO-RS), fetches the source image each one references
+   (WADO-RS), draws the ground truth as an OHIF-style DICOM-SEG (one segment "Segment 1", Tissue, Manufacturer
+   OHIF; highdicom, by ``tests/_edge_helpers.write_seg``, the tests' builder) and stores it back by STOW-RS.
+   ``python -m monai_app.edge pull-corrections URL`` brings the SEGs into the edge store; the run stops unless
+   it imported one per review case.
 3. The bundle fine-tunes the deployed weights (``--pretrained_checkpoint``) on ``--isic-train`` ISIC training
    images plus the edge datalist, and exports the next model version, which is installed at the edge.
    A control arm fine-tunes the same way on the ISIC images alone, so that what the edge samples bought is
@@ -16,7 +23,8 @@
    further test-split images (disjoint from the edge set), and the routing by the per-image Jaccard of the
    deployed model on the edge set.
 
-Needs ``../shared/data`` (the ISIC copies).  CPU cost with the defaults: about 20-40 minutes on 2 cores.
+Needs ``../shared/data`` (the ISIC copies), and root and Debian's Orthanc with its DICOMweb plugin
+(``tests/system_deps.sh``), as the PACS tests do.  CPU cost with the defaults: about 20-40 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -29,10 +37,16 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the app's modules, and the tests' Orthanc harness and SEG builder
+# Reading masks (networks.preprocessing) loads MONAI and with it Holoscan, which warns about this process's stack;
+# no Holoscan graph runs here: the app runs in child processes, with the 32 MiB stack of run()
+warnings.filterwarnings("ignore", message=r"Current stack size .* is below the recommended minimum")
 BUNDLE = REPO / "training_bundle"
 SHARED = REPO.parent / "shared" / "data"
 FAILURE_JACCARD = 0.65
@@ -76,6 +90,62 @@ def absolute(entries: List[dict], root: Path) -> List[dict]:
     return [{"image": str(root / e["image"]), "label": str(root / e["label"])} for e in entries]
 
 
+@contextmanager
+def review_pacs(folder: Path) -> Iterator[Tuple[object, object]]:
+    """The reviewers' PACS: an Orthanc with DICOMweb in a loopback-only network namespace, yielded with the
+    namespace (the app and the edge commands run inside it); stopped by its process id and the namespace deleted
+    at the end, whatever happens."""
+    from _orthanc import HarnessError, NetworkNamespace, Orthanc
+
+    try:
+        namespace = NetworkNamespace.create()
+    except HarnessError as error:
+        raise SystemExit(f"edge_loop: the review PACS cannot run: {error}") from None
+    pacs = Orthanc(namespace, folder, aet="REVIEWPACS")
+    try:
+        try:
+            pacs.start()
+        except HarnessError as error:
+            raise SystemExit(f"edge_loop: the review PACS cannot run: {error}") from None
+        yield namespace, pacs
+    finally:
+        pacs.stop()
+        namespace.delete()
+
+
+def correct_in_the_viewer(namespace, pacs, truth: Dict[str, str], folder: Path) -> List[str]:
+    """What a reviewer does in OHIF, with the ground truth as the reviewer's eye: every SEG series marked for review
+    in the PACS, the source image its SEG references, a corrected SEG of that source stored back by STOW-RS.
+    ``truth`` maps a source SOP Instance UID to its ground-truth mask file.  Returns the corrected sources' UIDs."""
+    from dicomweb_client import DICOMwebClient
+
+    from _edge_helpers import write_seg
+    from networks.preprocessing import read_mask
+    from operators.dicom_outputs import REVIEW_SERIES_DESCRIPTION
+
+    folder.mkdir()
+    client = DICOMwebClient(pacs.dicomweb_url)
+    corrected = []
+    with namespace.entered():  # the PACS listens inside the namespace only
+        series = client.search_for_series(search_filters={"Modality": "SEG"}, fields=["SeriesDescription"],
+                                          get_remaining=True)
+        for item in series:
+            if (item.get("0008103E", {}).get("Value") or [None])[0] != REVIEW_SERIES_DESCRIPTION:
+                continue  # only the app's SEGs marked for review wait for a reviewer
+            study, series_uid = item["0020000D"]["Value"][0], item["0020000E"]["Value"][0]
+            for proposed in client.retrieve_series(study, series_uid):
+                reference = proposed.ReferencedSeriesSequence[0]
+                source_uid = reference.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+                source = client.retrieve_instance(study, reference.SeriesInstanceUID, source_uid)
+                source_path = folder / f"{source_uid}.dcm"
+                source.save_as(source_path, enforce_file_format=True)
+                seg = write_seg(folder / f"{source_uid}.seg.dcm", source_path, read_mask(truth[source_uid]),
+                                label="Segment 1", manufacturer="OHIF")
+                client.store_instances([seg])
+                corrected.append(source_uid)
+    return corrected
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edge-cases", type=int, default=100)
@@ -101,25 +171,38 @@ def main() -> None:
     (work / "edge_test.json").write_text(json.dumps({"testing": edge_test}))
     (work / "edge_in.json").write_text(json.dumps({"testing": edge_in}))
 
-    # 1. the app at the edge, plain photos in, an edge store behind it
     photos = work / "photos"
     photos.mkdir()
     for entry in edge_in:
         os.symlink(entry["image"], photos / Path(entry["image"]).name)
     store = work / "store"
-    run([sys.executable, "-m", "monai_app", "-i", photos, "-o", work / "app_out", "-m", BUNDLE / "models"],
-        env={"DERMSEG_EDGE_STORE": str(store)})
-    cases = [c for c in json.loads((work / "app_out" / "results.json").read_text())["cases"] if c["status"] == "ok"]
-    route = {Path(c["source_file"]).stem: c["route"] for c in cases}
+    with review_pacs(work / "pacs") as (namespace, pacs):
+        # 1. the app at the edge, plain photos in, an edge store behind it, review cases sent to the reviewers' PACS
+        run(namespace.command([sys.executable, "-m", "monai_app", "-i", photos, "-o", work / "app_out",
+                               "-m", BUNDLE / "models"]),
+            env={"DERMSEG_EDGE_STORE": str(store), "DERMSEG_REVIEW_SEND_TO": pacs.dicomweb_url})
+        results = json.loads((work / "app_out" / "results.json").read_text())
+        # a failed send does not fail the app's run (the files stay in OUT): the transfer records say
+        unsent = [t for t in results.get("transfers", []) if t.get("status") != "sent"]
+        if unsent:
+            raise SystemExit(f"edge_loop: {len(unsent)} review transfer(s) to the PACS failed: {unsent[:3]}")
+        cases = [c for c in results["cases"] if c["status"] == "ok"]
+        route = {Path(c["source_file"]).stem: c["route"] for c in cases}
+        reviewed = [k for k, r in route.items() if r == "review"]
 
-    # 2. the institution corrects the review cases with the ground truth
-    corrections = work / "corrections"
-    corrections.mkdir()
-    truth = {Path(e["image"]).stem: e["label"] for e in edge_in}
-    for case in cases:
-        if case["route"] == "review":
-            shutil.copy(truth[Path(case["source_file"]).stem], corrections / f"{case['source_sop_instance_uid']}.png")
-    run([sys.executable, "-m", "monai_app.edge", "--store", store, "import-corrections", corrections])
+        # 2. the institution corrects the review cases in its viewer, and the edge pulls the SEGs from the PACS
+        truth_by_photo = {Path(e["image"]).stem: e["label"] for e in edge_in}
+        truth = {c["source_sop_instance_uid"]: truth_by_photo[Path(c["source_file"]).stem] for c in cases}
+        corrected = correct_in_the_viewer(namespace, pacs, truth, work / "viewer")
+        pulled = run(namespace.command([sys.executable, "-m", "monai_app.edge", "--store", store,
+                                        "pull-corrections", pacs.dicomweb_url]))
+        summary = json.loads(pulled.stdout.strip().splitlines()[-1])
+        if summary.get("imported") != len(reviewed) or len(corrected) != len(reviewed):
+            raise SystemExit(f"edge_loop: {len(reviewed)} review case(s), {len(corrected)} corrected in the PACS, "
+                             f"pull-corrections: {summary}\n{pulled.stdout[-2000:]}\n{pulled.stderr[-2000:]}")
+        found = [line for line in pulled.stdout.splitlines() if "SEG(s) found" in line]
+        print(f"review through the PACS: {len(reviewed)} review case(s), {len(corrected)} corrected in the viewer; "
+              f"pull-corrections: {'; '.join(found)}; {summary}", flush=True)
     run([sys.executable, "-m", "monai_app.edge", "--store", store, "datalist", work / "edge_datalist.json"])
     n_edge = len(json.loads((work / "edge_datalist.json").read_text())["training"])
 
@@ -156,7 +239,6 @@ def main() -> None:
     evaluate(deployed_pt, work / "edge_in.json", routing_eval)
     jaccard = per_image_jaccard(routing_eval)
     failures = [k for k, j in jaccard.items() if j < FAILURE_JACCARD]
-    reviewed = [k for k, r in route.items() if r == "review"]
     caught = [k for k in failures if route.get(k) == "review"]
     scores = {"deployed model": evaluate(deployed_pt, work / "edge_test.json", work / "eval_deployed")}
     for arm, checkpoint in arms.items():

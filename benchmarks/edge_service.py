@@ -3,8 +3,8 @@
 
     .venv/bin/python benchmarks/edge_service.py [--runs 2] [--photos 3] [--model training_bundle/models]
 
-The set-up of ``tests/test_serve.py``, with the deployed Orthanc configuration (``deploy/orthanc/orthanc.json``)
-at its shipped ``StableAge`` (5 s) and the service's default poll interval (2 s): two real Orthancs, the front
+The set-up of ``tests/test_serve.py`` (``tests/_serve_helpers.py``), with the deployed Orthanc configuration
+(``deploy/orthanc/orthanc.json``) at its shipped ``StableAge`` (5 s) and the service's default poll interval (2 s): two real Orthancs, the front
 door and a PACS, in a loopback-only network namespace, and ``python -m monai_app.serve`` between them with the
 shipped model.  Each run pushes one study of ``--photos`` 512-px ISIC dermoscopy photos (JPEG DMS) by C-STORE
 and times until the PACS holds its 4 results per photo (SEG, probability SEG, SR, overlay SC).  Needs root
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from _orthanc import HarnessError, NetworkNamespace, Orthanc
-    import test_serve as serve
+    import _serve_helpers as serve
 
     stable_age = json.loads(serve.DEPLOYED_ORTHANC_CONFIG.read_text())["StableAge"]
 

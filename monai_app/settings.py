@@ -35,6 +35,7 @@ __all__ = [
     "send_to_from_env",
     "review_send_to_from_env",
     "review_pull_from_env",
+    "review_pull_every_from_env",
     "threshold_from_env",
 ]
 
@@ -55,6 +56,10 @@ ENV_DICOMWEB_TOKEN = "DERMSEG_DICOMWEB_TOKEN"
 # reviewers' SEGs the edge store pulls back (credentials in this variable's URL, never on a command line).
 ENV_REVIEW_SEND_TO = "DERMSEG_REVIEW_SEND_TO"
 ENV_REVIEW_PULL_FROM = "DERMSEG_REVIEW_PULL_FROM"
+# Seconds between the edge service's pulls: each pull asks the server once per study with waiting cases, so a
+# site with a busy PACS pulls less often, and one whose reviewers wait for the next model sooner pulls more.
+ENV_REVIEW_PULL_EVERY = "DERMSEG_REVIEW_PULL_EVERY"
+DEFAULT_REVIEW_PULL_EVERY = 600.0
 ENV_TLS_CA_FILE = "DERMSEG_TLS_CA_FILE"
 ENV_TLS_CERT_FILE = "DERMSEG_TLS_CERT_FILE"
 ENV_TLS_KEY_FILE = "DERMSEG_TLS_KEY_FILE"
@@ -114,6 +119,7 @@ class AppSettings:
     confidence_measure: str = DEFAULT_MEASURE  # DERMSEG_CONFIDENCE_MEASURE: one of operators.confidence.MEASURES
     review_send_to: Optional[str] = None  # DERMSEG_REVIEW_SEND_TO: where review cases go (source, SEG, overlay)
     review_pull_from: Optional[DicomWebTarget] = None  # DERMSEG_REVIEW_PULL_FROM: the service pulls corrections
+    review_pull_every: float = DEFAULT_REVIEW_PULL_EVERY  # DERMSEG_REVIEW_PULL_EVERY: seconds between those pulls
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "AppSettings":
@@ -134,6 +140,7 @@ class AppSettings:
         send_to = send_to_from_env(environ)
         review_send_to = review_send_to_from_env(environ)
         review_pull_from = review_pull_from_env(environ)
+        review_pull_every = review_pull_every_from_env(environ)
         for targets in (send_to, review_send_to):
             if targets:
                 parse_targets(targets)  # a typo in DERMSEG_SEND_TO stops the run before any inference
@@ -149,6 +156,7 @@ class AppSettings:
             confidence_measure=measure,
             review_send_to=review_send_to,
             review_pull_from=review_pull_from,
+            review_pull_every=review_pull_every,
         )
 
     def for_results(self) -> dict:
@@ -216,6 +224,17 @@ def review_pull_from_env(environ: Optional[Mapping[str, str]] = None):
     if not isinstance(target, DicomWebTarget):
         raise TargetError(f"{ENV_REVIEW_PULL_FROM}: corrections are pulled by DICOMweb: give http(s)://host:port/path")
     return target
+
+
+def review_pull_every_from_env(environ: Optional[Mapping[str, str]] = None) -> float:
+    """``DERMSEG_REVIEW_PULL_EVERY``: seconds between the edge service's pulls of corrections (default 600); a
+    value that is not a number above 0 is a ValueError naming the variable."""
+    environ = os.environ if environ is None else environ
+    raw, value = _number(environ, ENV_REVIEW_PULL_EVERY, DEFAULT_REVIEW_PULL_EVERY, float)
+    # NaN would make the service pull at every turn of its loop, infinity never: both are refused, not obeyed
+    if value is None or not 0.0 < value < float("inf"):
+        raise ValueError(f"{ENV_REVIEW_PULL_EVERY}={raw!r} must be a number of seconds above 0")
+    return value
 
 
 def send_options_from_env(environ: Optional[Mapping[str, str]] = None, **overrides) -> SendOptions:

@@ -9,8 +9,8 @@ still sent; while the PACS is down, studies are still segmented and their result
 Neither outage counts against a study's attempts.
 
 With ``DERMSEG_REVIEW_PULL_FROM`` and an edge store, the loop also pulls the reviewers' corrections from that
-DICOMweb server every ``review_pull_interval`` (``monai_app.edge.pacs_pull``), between rounds: a pull is a few
-queries, and a failed one is logged and tried again at the next interval, never stopping the segmentation.
+DICOMweb server every ``DERMSEG_REVIEW_PULL_EVERY`` seconds (``monai_app.edge.pacs_pull``), between rounds: a pull
+is a few queries, and a failed one is logged and tried again at the next interval, never stopping the segmentation.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ class ServiceOptions:
     backoff_max: float = 300.0  # the cap of that backoff
     arriving_grace: float = 120.0  # a study announced but not reported stable this long is checked by hand
     page_size: int = 100  # changes per request
-    review_pull_interval: float = 600.0  # seconds between pulls of corrections (with DERMSEG_REVIEW_PULL_FROM)
 
 
 class Backoff:
@@ -165,9 +164,10 @@ class EdgeService:
                 self.progress.mark_stable(item)
 
     def pull_corrections(self) -> None:
-        """Every ``review_pull_interval``: the reviewers' SEGs from ``DERMSEG_REVIEW_PULL_FROM`` into the store."""
+        """Every ``DERMSEG_REVIEW_PULL_EVERY`` seconds: the reviewers' SEGs from ``DERMSEG_REVIEW_PULL_FROM`` into
+        the store."""
         target, store_dir = self.settings.review_pull_from, self.settings.edge_store
-        if target is None or store_dir is None or time.monotonic() - self._last_pull < self.options.review_pull_interval:
+        if target is None or store_dir is None or time.monotonic() - self._last_pull < self.settings.review_pull_every:
             return
         self._last_pull = time.monotonic()
         if not (store_dir / "edge.sqlite").exists():
