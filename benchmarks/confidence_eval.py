@@ -35,7 +35,7 @@ from operators.model import load_model, resolve_model_file  # noqa: E402
 from operators.segmentation import segment_cases  # noqa: E402
 
 FAILURE_JACCARD = 0.65
-THRESHOLDS = [round(t, 2) for t in np.arange(0.30, 0.96, 0.05)]
+THRESHOLDS = [round(t, 2) for t in np.arange(0.20, 0.96, 0.05)]
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:

@@ -15,11 +15,11 @@
    OHIF; highdicom, by ``tests/_edge_helpers.write_seg``, the tests' builder) and stores it back by STOW-RS.
    ``python -m monai_app.edge pull-corrections URL`` brings the SEGs into the edge store; the run stops unless
    it imported one per review case.
-3. The bundle fine-tunes the deployed weights (``--pretrained_checkpoint``) on ``--isic-train`` ISIC training
-   images plus the edge datalist, and exports the next model version, which is installed at the edge.
+3. The bundle fine-tunes the deployed weights (``--pretrained_checkpoint``), with the modern recipe they were
+   trained with, on ``--isic-train`` ISIC training images plus the edge datalist, and exports the next model version, which is installed at the edge.
    A control arm fine-tunes the same way on the ISIC images alone, so that what the edge samples bought is
    separated from what more training bought.
-4. Everything is scored by the bundle's own evaluation (``train.json`` + ``evaluate.json``) on ``--test-cases``
+4. Everything is scored by the bundle's own evaluation (``train.json`` + ``train_recipe.json`` + ``evaluate.json``) on ``--test-cases``
    further test-split images (disjoint from the edge set), and the routing by the per-image Jaccard of the
    deployed model on the edge set.
 
@@ -50,8 +50,10 @@ warnings.filterwarnings("ignore", message=r"Current stack size .* is below the r
 BUNDLE = REPO / "training_bundle"
 SHARED = REPO.parent / "shared" / "data"
 FAILURE_JACCARD = 0.65
-# the shipped model's loss (training_bundle/docs/README.md): fine-tuning keeps the recipe it was trained with
-SHIPPED_LOSS = {"loss#_target_": "DiceCELoss", "loss#sigmoid": "True"}
+# the shipped model was trained with the modern recipe, whose layer also sets its network (colour constancy):
+# fine-tuning, scoring and exporting it keep that layer (training_bundle/docs/README.md)
+SHIPPED_RECIPE = ["train.json", "train_recipe.json"]
+SERVING_SIZE = "[[1,[256,256]]]"  # the recipe's progressive resizing is for training from scratch
 
 
 def run(args: List[str], env: Dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -76,7 +78,7 @@ def bundle(configs: List[str], **overrides) -> None:
 
 
 def evaluate(checkpoint: Path, datalist: Path, out: Path) -> Dict[str, float]:
-    bundle(["train.json", "evaluate.json"], checkpoint=str(checkpoint), datalist_file=str(datalist),
+    bundle([*SHIPPED_RECIPE, "evaluate.json"], checkpoint=str(checkpoint), datalist_file=str(datalist),
            dataset_dir=str(SHARED / "isic2018_task1_512"), output_dir=str(out), train_log=str(out / "none.csv"))
     return json.loads((out / "metrics.json").read_text())["metrics"]
 
@@ -213,9 +215,9 @@ def main() -> None:
     arms = {}
     for arm, extra in (("with edge samples", [str(work / "edge_datalist.json")]), ("ISIC only (control)", [])):
         folder = work / ("finetune_edge" if extra else "finetune_control")
-        bundle(["train.json"], datalist_file=str(work / "isic_subset.json"), dataset_dir=str(data256), extra_datalists=extra,
+        bundle(SHIPPED_RECIPE, datalist_file=str(work / "isic_subset.json"), dataset_dir=str(data256), extra_datalists=extra,
                pretrained_checkpoint=str(deployed_pt), learning_rate=args.learning_rate, epochs=args.epochs,
-               **SHIPPED_LOSS,
+               train_sizes=SERVING_SIZE,
                ckpt_dir=str(folder / "models"), output_dir=str(folder / "eval"), resume=False)
         arms[arm] = folder / "models" / "model.pt"
 
@@ -228,9 +230,10 @@ def main() -> None:
     next_models.mkdir(exist_ok=True)
     run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", next_models / "model.ts",
          "--ckpt_file", arms["with edge samples"], "--meta_file", work / "metadata_next.json",
-         "--config_file", config_files("train.json", "inference.json"), "--bundle_root", BUNDLE])
+         "--config_file", config_files(*SHIPPED_RECIPE, "inference.json"), "--bundle_root", BUNDLE])
     run([sys.executable, BUNDLE / "scripts" / "export_onnx.py", "--bundle_root", BUNDLE, "--filepath", next_models / "model.onnx",
-         "--ckpt_file", arms["with edge samples"], "--meta_file", work / "metadata_next.json"])
+         "--ckpt_file", arms["with edge samples"], "--meta_file", work / "metadata_next.json",
+         "--config_file", *(f"configs/{name}" for name in (*SHIPPED_RECIPE, "inference.json"))])
     run([sys.executable, "-m", "monai_app.edge", "--store", store, "install-model", next_models])
     status = json.loads(run([sys.executable, "-m", "monai_app.edge", "--store", store, "status"]).stdout)
 
@@ -254,7 +257,7 @@ def main() -> None:
     print(f"| corrections imported | {status['corrected']} |")
     print(f"| accepted samples | {status['accepted']} |")
     print(f"| model version installed at the edge | {status['model_version']} |")
-    print(f"\n| model, scored on the edge-test set | mean Jaccard | thresholded Jaccard | Dice | accuracy |")
+    print("\n| model, scored on the edge-test set | mean Jaccard | thresholded Jaccard | Dice | accuracy |")
     print("|---|---:|---:|---:|---:|")
     for name, m in scores.items():
         print(f"| {name} | {m['mean_jaccard']:.4f} | {m['mean_thresholded_jaccard']:.4f} | {m['mean_dice']:.4f} | {m['mean_accuracy']:.4f} |")
