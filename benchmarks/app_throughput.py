@@ -102,7 +102,7 @@ def model_folder(requested: str | None, scratch: Path) -> tuple[Path, str]:
     exported = REPO / "training_bundle" / "models"
     try:
         resolve_model_file(exported)
-        return exported, "training_bundle/models (model.onnx on the CPU)"
+        return exported, "training_bundle/models (model_int8.onnx on the CPU, as the app picks it)"
     except (FileNotFoundError, ValueError):
         pass
     torch.manual_seed(0)
