@@ -24,7 +24,7 @@ writes it.  Three models, all from the deployed ``models/model.pt`` with the shi
 
 Each is scored on every site's held-out photos through the app's own code (``operators.segmentation``) with its
 float ONNX export, at the photo's size (mean Jaccard).  Prints a Markdown table.  Needs ``../shared/data`` (the
-ISIC copies).  About 20-30 minutes on 2 CPU cores with the defaults.
+ISIC copies).  About 10-15 minutes on 2 CPU cores with the defaults.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 """Federated fine-tuning with NVIDIA FLARE (``training_bundle/scripts/federated.py``), end to end in FLARE's
 simulator: two sites with five small ISIC photos each (``tests/data/isic_sample``; the second site's as colour-cast
 PNGs of its own), one round of FedAvg over the bundle's trainer, then the exports the edge installs.  A tiny
-network at 32 px keeps the run near half a minute on two CPU cores, most of it FLARE's and the exports' start-up."""
+network at 32 px keeps the whole module under a minute of CPU time (all processes), most of it the start-up of
+FLARE's processes (each imports torch and MONAI) and of the exports.  Needs nothing outside the repository."""
 
 from __future__ import annotations
 

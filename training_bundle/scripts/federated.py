@@ -14,7 +14,8 @@ global model the server saved.
 The job is FLARE's own ``FedAvgRecipe`` (``nvflare.app_opt.pt.recipes``): its FedAvg controller, aggregator,
 persistor and transport.  The server starts from the deployed weights (``--pretrained_checkpoint``, default
 ``models/model.pt``).  Each site (``--site [NAME=]DATALIST``, an edge store's datalist file) runs
-``federated_client.py``: the bundle's own trainer on its own data, ``--local-epochs`` epochs a round.  Every site
+``federated_client.py``: the bundle's own trainer on its own data, ``--local-epochs`` epochs a round, with the
+shipped model's recipe (``train_recipe.json`` over ``train.json``; ``--no-recipe``: ``train.json`` alone).  Every site
 result passes ``federated_privacy.WeightsOnly`` on its way out, which blocks anything but the network's weights
 and records what was sent.  Other ``--key value`` arguments are bundle overrides, given to every site's
 training and to the exports, as ``python -m monai.bundle run`` takes them.
@@ -231,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the recipe's progressive resizing is for training from scratch: a fine-tune trains at the model's size
         overrides.setdefault("train_sizes", "$[[1, @image_size]]")
     initial = overrides.pop("pretrained_checkpoint", os.path.join(BUNDLE_ROOT, "models", "model.pt"))
-    base = load_config(BUNDLE_ROOT, config_files).get("_meta_")
+    # the deployed version's metadata, with any _meta_#... overrides (as ckpt_export applies them)
+    base = load_config(BUNDLE_ROOT, config_files, overrides).get("_meta_")
     version = getattr(args, "version", None) or f"{base['version']}+fedavg.{args.rounds}x{args.local_epochs}"
 
     if args.command == "export":
