@@ -138,7 +138,8 @@ def dicom_to_rgb(ds: Dataset) -> np.ndarray:
 def _decode_ycbcr_jpeg(ds: Dataset, rows: int, columns: int) -> np.ndarray:
     """A baseline JPEG frame in YCbCr decoded straight to RGB by Pillow (libjpeg-turbo converts the colours while
     it decodes).  The same pixels as ``ds.pixel_array``, which decodes with Pillow as well, in a quarter of the
-    time: 70 against 250 ms for a 3024 x 2016 camera photo (``benchmarks/app_throughput.py``, its 3024 x 2016 cases)."""
+    time: 70 against 250 ms for a 3024 x 2016 camera photo (measured on ``benchmarks/app_throughput.py``'s
+    3024 x 2016 inputs)."""
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     with PIL.Image.open(io.BytesIO(frame), formats=["JPEG"]) as image:
         if image.mode not in ("RGB", "YCbCr"):  # e.g. CMYK from an Adobe marker: pydicom's general path
