@@ -21,7 +21,7 @@ sys.path.insert(0, str(BUNDLE_ROOT))
 
 from networks import RIBCUNet  # noqa: E402
 from networks.preprocessing import clean_mask  # noqa: E402
-from scripts.recipe import MixedPrecision, ProgressiveResize, WarmupCosine  # noqa: E402
+from scripts.recipe import MixedPrecision, ProgressiveResize, WarmupCosine, autocast_dtype, native_bf16  # noqa: E402
 from scripts.transforms import RandHueSaturationd, RandVignetted  # noqa: E402
 from scripts.tune_threshold import fold_threshold  # noqa: E402
 
@@ -56,6 +56,17 @@ def test_bf16_autocast_runs_on_the_cpu_and_returns_float32():
     with pytest.raises(ValueError, match="precision"):
         MixedPrecision(net, "int4")
 
+
+
+def test_auto_precision_autocasts_only_where_bf16_is_native():
+    net = _small_net()
+    seen = []
+    net.head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    with torch.no_grad():
+        MixedPrecision(net.eval(), "auto")(torch.rand(1, 3, 32, 32))
+    assert seen == [torch.bfloat16 if native_bf16("cpu") else torch.float32]
+    assert autocast_dtype("auto", "cpu") == (torch.bfloat16 if native_bf16("cpu") else None)
+    assert autocast_dtype("bf16", "cpu") == torch.bfloat16 and autocast_dtype("fp32", "cuda") is None
 
 def test_warmup_then_cosine():
     f = WarmupCosine(total_steps=100, warmup_steps=10, start_factor=0.1, final_factor=0.01)
