@@ -133,7 +133,7 @@ def stage_table(paths: List[Path], model, info: ModelInfo, out: Path, batch: int
             t = time.perf_counter()
             probability = logits_to_probability(logits[i : i + 1], case.rgb.shape[:2])
             case.probability = probability[0, 0].numpy()
-            case.mask = probability_to_mask(probability)[0, 0].numpy()
+            case.mask = probability_to_mask(probability, cleanup=info.mask_cleanup)[0, 0].numpy()
             seconds["postprocess"] += time.perf_counter() - t
             t = time.perf_counter()
             case.confidence = lesion_confidence(case.probability)

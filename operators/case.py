@@ -27,14 +27,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Who the model that made a result is, and the input it takes: name, version, ``(height, width)`` of its
-    input and its precision (``"int8"`` for a quantized export), from the bundle's ``metadata.json`` embedded in
+    """Who the model that made a result is, the input it takes and how its masks are finished: name, version,
+    ``(height, width)`` of its input, its precision (``"int8"`` for a quantized export) and the clean-up of its
+    thresholded masks (``networks.preprocessing.clean_mask``), from the bundle's ``metadata.json`` embedded in
     the export (TorchScript or ONNX)."""
 
     name: str
     version: str
     input_size: Tuple[int, int] = MODEL_INPUT_SIZE
     precision: str = "fp32"
+    mask_cleanup: str = "none"
 
 
 @dataclass

@@ -24,7 +24,8 @@ __all__ = ["LesionSegmentationOperator", "segment_cases"]
 def segment_cases(cases: List[Case], model, model_info, device, batch_size: int = 1, flip_tta: bool = False) -> None:
     """Fill ``probability`` and ``mask`` of every ``ok`` case, several cases per model call.
 
-    Each photo is squashed to the input size the model's metadata states (``model_info.input_size``).
+    Each photo is squashed to the input size the model's metadata states (``model_info.input_size``), and each
+    mask gets the clean-up it states (``model_info.mask_cleanup``), as the bundle's evaluation scored it.
     With ``flip_tta`` the horizontally mirrored image is segmented too (in the same model call) and
     ``flip_agreement`` set to the Dice of the two masks: a model that sees a lesion differently in its mirror image
     is unsure of it.  The mask itself always comes from the image as it is.
@@ -63,11 +64,12 @@ def _run(batch, model, model_info, device, flip_tta: bool = False) -> None:
         height, width = case.rgb.shape[:2]
         probability = logits_to_probability(logits[index : index + 1], (height, width))
         case.probability = probability[0, 0].numpy()
-        case.mask = probability_to_mask(probability)[0, 0].numpy()
+        case.mask = probability_to_mask(probability, cleanup=model_info.mask_cleanup)[0, 0].numpy()
         case.model = model_info
         if flip_tta:
             mirrored = torch.flip(logits[len(batch) + index : len(batch) + index + 1], dims=[-1])
-            mirrored_mask = probability_to_mask(logits_to_probability(mirrored, (height, width)))[0, 0].numpy()
+            mirrored_probability = logits_to_probability(mirrored, (height, width))
+            mirrored_mask = probability_to_mask(mirrored_probability, cleanup=model_info.mask_cleanup)[0, 0].numpy()
             case.flip_agreement = flip_agreement(case.mask, mirrored_mask)
 
 
@@ -81,8 +83,9 @@ class LesionSegmentationOperator(Operator):
         ``mask`` (H, W) uint8 and ``model`` (name and version from the model's embedded metadata); with
         ``flip_tta`` also ``flip_agreement`` (Dice of the masks of the image and of its mirror image).
 
-    ``precision`` (``"int8"`` or ``"fp32"``) picks the export from a model folder: on a CPU the int8 ONNX model
-    where the folder holds one, unless ``"fp32"`` (see ``operators.model.resolve_model_file``).
+    ``precision`` (``"auto"``, ``"int8"`` or ``"fp32"``) picks the export from a model folder: on a CPU the int8
+    ONNX model where the folder holds one and the CPU has VNNI (``"auto"``) or ``"int8"`` is asked for, else the
+    float one (see ``operators.model.resolve_model_file``).
     """
 
     def __init__(
@@ -93,7 +96,7 @@ class LesionSegmentationOperator(Operator):
         batch_size: int = 1,
         flip_tta: bool = False,
         device: Optional[str] = None,
-        precision: str = "int8",
+        precision: str = "auto",
         **kwargs,
     ):
         self.model_path = Path(model_path)

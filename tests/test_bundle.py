@@ -31,6 +31,7 @@ from _bundle_helpers import (
     train_overrides,
 )
 
+from networks.preprocessing import clean_mask, mask_cleanup_of
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -147,8 +148,12 @@ def test_evaluate_scores_at_original_size_and_writes_report(trained_bundle, tmp_
     assert not built & {"train", "validate", "optimizer", "lr_scheduler", "checkpoint_handlers", "resume_checkpoint"}, built
     workflow.finalize()
 
-    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    written = json.loads((out / "metrics.json").read_text())
+    metrics = written["metrics"]
     assert metrics["num_images"] == 3
+    # scored with the clean-up the bundle's metadata states, as the app serves the model
+    cleanup = mask_cleanup_of(json.loads((trained_bundle / "configs" / "metadata.json").read_text()))
+    assert written["mask_cleanup"] == cleanup
     for key in ("mean_jaccard", "pooled_jaccard", "mean_dice", "mean_accuracy", "mean_sensitivity", "mean_specificity", "mean_thresholded_jaccard"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["mean_jaccard"] == pytest.approx(monai_mean_iou, abs=1e-6)  # agrees with MONAI's MeanIoU
@@ -161,6 +166,7 @@ def test_evaluate_scores_at_original_size_and_writes_report(trained_bundle, tmp_
         pred = np.asarray(PIL.Image.open(out / "predictions" / f"{case}_segmentation.png"))
         assert pred.shape == truth.shape  # the original size, (48, 80) for the stretched one
         assert set(np.unique(pred)) <= {0, 255}
+        np.testing.assert_array_equal(clean_mask(pred, cleanup), pred > 0)  # a cleaned mask is its own clean-up
         row = next(r for r in rows if r["image"] == case)
         inter, union = np.logical_and(pred > 0, truth > 0).sum(), np.logical_or(pred > 0, truth > 0).sum()
         assert float(row["jaccard"]) == pytest.approx(inter / union if union else 1.0)
@@ -309,12 +315,14 @@ def test_shipped_metadata_tells_the_truth():
     assert (pred["num_channels"], pred["format"], pred["channel_def"]) == (1, "logits", {"0": "lesion"})
     from networks.preprocessing import MODEL_INPUT_SIZE
 
+    assert pred["mask_cleanup"] == mask_cleanup_of(metadata)  # stated, and one the app and the evaluation know
+
     assert list(MODEL_INPUT_SIZE) == image["spatial_shape"]
     assert json.loads((BUNDLE_ROOT / "configs" / "train.json").read_text())["image_size"] == image["spatial_shape"]
 
 
 # what train.json alone defines: evaluate.json and inference.json, layered over it, must not define them again
-MODEL_KEYS = ("network_def", "image_size", "channels", "residual_inception", "bi_convgru", "dropout", "colour_constancy", "device")
+MODEL_KEYS = ("network_def", "image_size", "channels", "residual_inception", "bi_convgru", "dropout", "colour_constancy", "mask_cleanup", "device")
 
 
 def _layered(configs, **overrides):

@@ -14,13 +14,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from _bundle_helpers import BUNDLE_ROOT, PYTHON, cli_args, config_workflow, copy_bundle, run_cli, torch_threads, train_overrides
 
 sys.path.insert(0, str(BUNDLE_ROOT))
 
 from networks import RIBCUNet  # noqa: E402
-from networks.preprocessing import clean_mask  # noqa: E402
+from networks.preprocessing import clean_mask, mask_cleanup_of, probability_to_mask  # noqa: E402
 from scripts.recipe import MixedPrecision, ProgressiveResize, WarmupCosine, autocast_dtype, native_bf16  # noqa: E402
 from scripts.transforms import RandHueSaturationd, RandVignetted  # noqa: E402
 from scripts.tune_threshold import fold_threshold  # noqa: E402
@@ -141,6 +142,24 @@ def test_clean_mask():
         clean_mask(mask, "dilate")
 
 
+def test_hole_filling_matches_scipy_and_masks_are_cleaned_per_image():
+    rng = np.random.default_rng(0)
+    for i in range(100):  # random masks, some with many holes, some with none, some touching the border
+        mask = rng.random((int(rng.integers(1, 30)), int(rng.integers(1, 30)))) < rng.random()
+        mask = ndimage.binary_dilation(mask) if i % 2 else mask
+        np.testing.assert_array_equal(clean_mask(mask, "fill_holes"), ndimage.binary_fill_holes(mask))
+    probability = torch.zeros(2, 1, 20, 20)
+    probability[0, 0, 2:12, 2:12] = 0.9
+    probability[0, 0, 15:17, 15:17] = 0.9
+    probability[1, 0, 15:17, 15:17] = 0.9  # the second image's only component is kept
+    mask = probability_to_mask(probability, 0.5, "largest")
+    assert mask.dtype == torch.uint8 and mask.shape == probability.shape
+    assert mask[0].sum() == 100 and mask[1].sum() == 4
+    with pytest.raises(ValueError, match="mask_cleanup"):
+        mask_cleanup_of({"network_data_format": {"outputs": {"pred": {"mask_cleanup": "dilate"}}}})
+    assert mask_cleanup_of({}) == "none"
+
+
 def _log(bundle):
     with open(bundle / "eval" / "train_log.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -184,7 +203,9 @@ def test_the_recipe_trains_resumes_and_keeps_the_ema(tmp_path):
                     *[f"{k}={v}" for k, v in data.items()], "image_size=[32,32]"], cwd=tmp_path)
     table = [line for line in proc.stdout.splitlines() if line.startswith("| 0.")]
     assert len(table) == 3 * 4  # thresholds x clean-ups
-    chosen = json.loads(proc.stdout.splitlines()[-2])["best_threshold"]
+    best = json.loads(proc.stdout.splitlines()[-2])["best"]
+    assert abs(best["mean_jaccard"] - max(float(line.split("|")[3]) for line in table)) < 1e-4  # the table rounds
+    chosen = best["threshold"]
     weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
     folded = torch.load(folded_file, weights_only=True)
     shift = math.log(chosen / (1 - chosen))

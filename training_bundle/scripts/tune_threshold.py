@@ -12,9 +12,11 @@ weights, so that every runtime keeps reading "lesion where the logit is above 0"
 It reads ``train.json`` with ``evaluate.json`` layered over it and scores each validation image as that evaluation
 scores the test split (the probability at the image's original size, mean Jaccard over images) at every threshold
 of ``--thresholds`` and with each clean-up of ``networks.preprocessing.clean_mask`` (keep the largest component,
-fill holes), and prints the table.  With
-``--fold`` it writes the weights with the best threshold ``t`` folded into the output convolution's bias
-(``bias - log(t / (1 - t))``): the sigmoid of the new logits crosses 0.5 where the old ones crossed ``t``.
+fill holes), and prints the table.  The best pair is chosen jointly.  With ``--fold`` it writes the weights
+with that pair's threshold ``t`` folded into the output convolution's bias (``bias - log(t / (1 - t))``): the
+sigmoid of the new logits crosses 0.5 where the old ones crossed ``t``.  The pair's clean-up goes into the
+bundle's ``metadata.json`` as ``network_data_format.outputs.pred.mask_cleanup``, where the evaluation and the app
+read it (``networks.preprocessing.mask_cleanup_of``).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--bundle_root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ap.add_argument("--ckpt_file", required=True, help="weights to tune (a model.pt state dict)")
     ap.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS))
-    ap.add_argument("--fold", metavar="OUT_PT", help="write the weights with the best plain threshold folded in")
+    ap.add_argument("--fold", metavar="OUT_PT", help="write the weights with the best pair's threshold folded in")
     ap.add_argument("--config_file", nargs="+", default=list(EVALUATE_CONFIGS),
                     help="config files, layered in this order (default: train.json, evaluate.json; a recipe-trained model: "
                     "train.json, train_recipe.json, evaluate.json)")
@@ -100,13 +102,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"| {row['threshold']:.2f} | {row['cleanup']} | {row['mean_jaccard']:.4f} |")
     plain = max((r for r in rows if r["cleanup"] == "none"), key=lambda r: r["mean_jaccard"])
     best = max(rows, key=lambda r: r["mean_jaccard"])
-    print(json.dumps({"best_threshold": plain["threshold"], "best_plain": plain["mean_jaccard"], "best_overall": best}))
+    print(json.dumps({"best_plain": plain, "best": best}))
     if args.fold:
         state = torch.load(args.ckpt_file, map_location="cpu", weights_only=True)
         os.makedirs(os.path.dirname(os.path.abspath(args.fold)), exist_ok=True)
-        folded = fold_threshold(state, plain["threshold"])
+        folded = fold_threshold(state, best["threshold"])
         atomic_write_with(args.fold, lambda tmp: torch.save(folded, tmp))
-        print(f"wrote {args.fold} with threshold {plain['threshold']} folded into head.bias")
+        print(f"wrote {args.fold} with threshold {best['threshold']} folded into head.bias; its metadata.json's "
+              f"network_data_format.outputs.pred.mask_cleanup: {best['cleanup']!r}")
 
 
 if __name__ == "__main__":
