@@ -27,7 +27,7 @@ test-deps:
 	sh tests/system_deps.sh
 
 test: $(STAMP) test-deps
-	$(RUN) $(PY) -m pytest tests
+	$(RUN) $(PY) -m pytest -n 2 --dist loadfile tests
 
 demo: $(STAMP)
 	$(RUN) $(PY) -m monai_app.demo

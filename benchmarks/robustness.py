@@ -37,7 +37,7 @@ from confidence_eval import FAILURE_JACCARD  # noqa: E402  (this folder: the sam
 from networks.preprocessing import read_mask, read_rgb  # noqa: E402
 from operators.case import Case  # noqa: E402
 from operators.confidence import jaccard  # noqa: E402
-from operators.model import load_model  # noqa: E402
+from operators.model import PRECISIONS, load_model  # noqa: E402
 from operators.segmentation import segment_cases  # noqa: E402
 
 
@@ -73,9 +73,10 @@ def shifted(rgb: np.ndarray, shift: str) -> np.ndarray:
     return np.clip(SHIFTS[shift](rgb.astype(np.float32)) + 0.5, 0, 255).astype(np.uint8)
 
 
-def evaluate(model_path: Path, items: list, data: Path, batch_size: int = 8) -> Dict[str, np.ndarray]:
-    """Per-image Jaccard of the model at ``model_path`` under every shift: ``{shift: (n,) array}``."""
-    model, info = load_model(model_path)
+def evaluate(model_path: Path, items: list, data: Path, batch_size: int = 8, precision: str = "int8") -> Dict[str, np.ndarray]:
+    """Per-image Jaccard of the model at ``model_path`` (the export ``precision`` picks from a folder, as the app's
+    ``DERMSEG_MODEL_PRECISION``) under every shift: ``{shift: (n,) array}``."""
+    model, info = load_model(model_path, precision=precision)
     scores: Dict[str, list] = {shift: [] for shift in SHIFTS}
     for first in range(0, len(items), batch_size):
         chunk = items[first : first + batch_size]
@@ -100,6 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="validation")
     parser.add_argument("--limit", type=int, default=None, help="first N images of the split only")
     parser.add_argument("--json", type=Path, default=None, help="write the per-image Jaccards here")
+    parser.add_argument("--precision", choices=PRECISIONS, default="int8",
+                        help="which export of a model folder, as the app's DERMSEG_MODEL_PRECISION (default int8)")
     args = parser.parse_args(argv)
     models = args.model or [REPO / "training_bundle" / "models"]
     if not args.data.is_dir():
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
         return 0
     items = json.loads(args.datalist.read_text())[args.split][: args.limit or None]
 
-    results = {str(path): evaluate(path, items, args.data) for path in models}
+    results = {str(path): evaluate(path, items, args.data, precision=args.precision) for path in models}
     print(f"\n{args.split} split of {args.data}, {len(items)} photos: mean Jaccard (share of failures, Jaccard < "
           f"{FAILURE_JACCARD})")
     print(f"{'shift':<14}" + "".join(f"{str(path)[-34:]:>36}" for path in models))

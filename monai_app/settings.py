@@ -112,7 +112,7 @@ class AppSettings:
     batch_size: int
     write_probability_seg: bool
     flip_tta: bool  # DERMSEG_FLIP_TTA: segment the mirror image too, confidence x flip agreement (2x the compute)
-    model_precision: str = "auto"  # DERMSEG_MODEL_PRECISION: auto (int8 where the CPU has VNNI), int8 or fp32
+    model_precision: str = "int8"  # DERMSEG_MODEL_PRECISION: int8 (model_int8.onnx where there is one) or fp32
     # DERMSEG_CALLING_AET, DERMSEG_SEND_*, DERMSEG_DICOMWEB_TOKEN: how to send (and pull); read (and checked)
     # only when DERMSEG_SEND_TO, DERMSEG_REVIEW_SEND_TO or DERMSEG_REVIEW_PULL_FROM names a server, else None
     send: Optional[SendOptions] = None
@@ -173,12 +173,11 @@ class AppSettings:
 
 
 def model_precision_from_env(environ: Optional[Mapping[str, str]] = None) -> str:
-    """``DERMSEG_MODEL_PRECISION`` (``auto``, ``int8`` or ``fp32``, default ``auto``): which export of a model folder
-    runs on a CPU (``operators.model.resolve_model_file``)."""
+    """``DERMSEG_MODEL_PRECISION`` (``int8`` or ``fp32``, default ``int8``): which export of a model folder runs."""
     from operators.model import PRECISIONS  # loads torch: not at import, the send command reads settings too
 
     environ = os.environ if environ is None else environ
-    precision = environ.get(ENV_MODEL_PRECISION, "").strip().lower() or "auto"
+    precision = environ.get(ENV_MODEL_PRECISION, "").strip().lower() or "int8"
     if precision not in PRECISIONS:
         raise ValueError(f"{ENV_MODEL_PRECISION}={precision!r} must be one of {', '.join(PRECISIONS)}")
     return precision

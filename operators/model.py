@@ -4,10 +4,10 @@
 The bundle exports the same weights three times: ``model.ts`` (TorchScript, ``ckpt_export``), ``model.onnx``
 (``scripts/export_onnx.py``) and ``model_int8.onnx`` (``scripts/quantize_onnx.py``, the ONNX model with int8
 weights and activations).  On the CPU, ONNX Runtime runs this network faster than TorchScript and needs no
-warm-up calls, and the int8 model in 0.65x-1.0x of the float model's time on a CPU with VNNI int8 dot products
-(``benchmarks/network_speed.py`` measures all three); on one without (AVX2 only) int8 is slower than float.  So
-a folder is served with ONNX Runtime on the CPU (precision ``"auto"``: the int8 model where there is one and the
-CPU has VNNI, else the float model; ``"int8"`` or ``"fp32"`` forces one) and with TorchScript on a GPU.  Either way the model is a callable from a float
+warm-up calls, and the int8 model in 0.65x-1.0x of the float model's time on a CPU with VNNI and 0.85x on one
+with AVX2 only (``benchmarks/network_speed.py`` measures all three), so a folder
+is served with ONNX Runtime on the CPU (the int8 model where there is one, unless precision ``"fp32"`` is asked
+for) and with TorchScript on a GPU.  Either way the model is a callable from a float
 (N, 3, H, W) tensor to (N, 1, H, W) logits, at the input size ``(H, W)`` its embedded metadata states
 (``ModelInfo.input_size``).
 """
@@ -27,32 +27,14 @@ from networks.preprocessing import MODEL_INPUT_SIZE, mask_cleanup_of
 from .case import ModelInfo
 
 __all__ = [
-    "cpu_has_fast_int8", "resolve_model_file", "load_model", "load_torchscript_model", "OnnxRuntimeModel", "read_model_info",
+    "resolve_model_file", "load_model", "load_torchscript_model", "OnnxRuntimeModel", "read_model_info",
     "read_torchscript_metadata",
 ]
 
 TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".pth", ".zip")
 ONNX_SUFFIX = ".onnx"
 INT8_ONNX_SUFFIX = "_int8.onnx"
-PRECISIONS = ("auto", "int8", "fp32")
-# CPU flags of int8 dot-product instructions (x86 /proc/cpuinfo "flags", Arm "Features"), with which ONNX Runtime's
-# int8 kernels beat float; without them (AVX2's vpmaddubsw) the int8 model measured slower than the float one.
-FAST_INT8_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
-
-
-def cpu_has_fast_int8(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU has int8 dot-product instructions (:data:`FAST_INT8_CPU_FLAGS`), read from
-    ``/proc/cpuinfo`` (or the text given); False where it cannot tell."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return bool(FAST_INT8_CPU_FLAGS & set(value.split()))
-    return False
+PRECISIONS = ("int8", "fp32")
 
 
 def _kind_of(path: Path) -> Optional[str]:
@@ -64,21 +46,18 @@ def _kind_of(path: Path) -> Optional[str]:
     return "torchscript" if _is_torchscript_archive(path) else None
 
 
-def resolve_model_file(path, device: torch.device | str = "cpu", kind: Optional[str] = None, precision: str = "auto") -> Path:
+def resolve_model_file(path, device: torch.device | str = "cpu", kind: Optional[str] = None, precision: str = "int8") -> Path:
     """The model file itself: ``path`` if a file, else the model file in that folder (a MAP's models/).
 
     A folder may hold one TorchScript archive, one float ONNX model and one int8 ONNX model (``*_int8.onnx``) of
     the same network.  Unless ``kind`` (``"torchscript"``, ``"onnx"`` or ``"int8"``) asks for one, the CPU gets
-    the int8 model where there is one and ``precision`` is ``"int8"`` (or ``"auto"`` on a CPU with
-    :func:`cpu_has_fast_int8`), else the float ONNX model (where ONNX Runtime is installed), else TorchScript; a
-    GPU gets TorchScript where there is one.  Files that are none of
+    the int8 model where there is one and ``precision`` is ``"int8"``, else the float ONNX model (where ONNX
+    Runtime is installed), else TorchScript; a GPU gets TorchScript where there is one.  Files that are none of
     these (state dicts, checkpoints) are ignored.  Raises FileNotFoundError where there is no model (of that
     kind) or several of one kind, ValueError for a file that is not a model.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"model precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        precision = "int8" if cpu_has_fast_int8() else "fp32"
     path = Path(path)
     if path.is_file():
         found = _kind_of(path) if path.suffix.lower() in (ONNX_SUFFIX, *TORCHSCRIPT_SUFFIXES) else None
@@ -194,7 +173,7 @@ class OnnxRuntimeModel:
         return torch.from_numpy(self.session.run([self.output_name], {self.input_name: array})[0])
 
 
-def load_model(path, device: torch.device | str = "cpu", precision: str = "auto") -> Tuple[Callable[[torch.Tensor], torch.Tensor], ModelInfo]:
+def load_model(path, device: torch.device | str = "cpu", precision: str = "int8") -> Tuple[Callable[[torch.Tensor], torch.Tensor], ModelInfo]:
     """Load the model once (see ``resolve_model_file`` for which file): the callable and who it is."""
     device = torch.device(device)
     model_file = resolve_model_file(path, device, precision=precision)

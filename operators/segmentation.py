@@ -83,9 +83,8 @@ class LesionSegmentationOperator(Operator):
         ``mask`` (H, W) uint8 and ``model`` (name and version from the model's embedded metadata); with
         ``flip_tta`` also ``flip_agreement`` (Dice of the masks of the image and of its mirror image).
 
-    ``precision`` (``"auto"``, ``"int8"`` or ``"fp32"``) picks the export from a model folder: on a CPU the int8
-    ONNX model where the folder holds one and the CPU has VNNI (``"auto"``) or ``"int8"`` is asked for, else the
-    float one (see ``operators.model.resolve_model_file``).
+    ``precision`` (``"int8"`` or ``"fp32"``) picks the export from a model folder: on a CPU the int8 ONNX model
+    where the folder holds one, unless ``"fp32"`` (see ``operators.model.resolve_model_file``).
     """
 
     def __init__(
@@ -96,7 +95,7 @@ class LesionSegmentationOperator(Operator):
         batch_size: int = 1,
         flip_tta: bool = False,
         device: Optional[str] = None,
-        precision: str = "auto",
+        precision: str = "int8",
         **kwargs,
     ):
         self.model_path = Path(model_path)

@@ -62,8 +62,7 @@ def test_the_app_reads_its_settings_from_the_config_file(tmp_path):
 
 
 def test_model_precision_setting():
-    assert AppSettings.from_env({}).model_precision == "auto"
-    assert AppSettings.from_env({"DERMSEG_MODEL_PRECISION": "int8"}).model_precision == "int8"
+    assert AppSettings.from_env({}).model_precision == "int8"
     assert AppSettings.from_env({"DERMSEG_MODEL_PRECISION": "FP32"}).model_precision == "fp32"
     with pytest.raises(ValueError, match="DERMSEG_MODEL_PRECISION='fp16'"):
         AppSettings.from_env({"DERMSEG_MODEL_PRECISION": "fp16"})

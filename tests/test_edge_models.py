@@ -15,7 +15,7 @@ from monai_app.edge import EdgeStore, EdgeStoreError
 from monai_app.edge.__main__ import main as edge_cli
 from networks import RIBCUNet
 from networks.export import export_onnx
-from operators.model import cpu_has_fast_int8, load_model, resolve_model_file
+from operators.model import load_model, resolve_model_file
 
 from _app_helpers import quantize_like_the_bundle
 
@@ -170,15 +170,13 @@ def test_install_a_folder_with_its_onnx_export(tmp_path, exported_models, capsys
 
 
 def test_install_a_folder_with_its_int8_export(tmp_path, exported_models):
-    """All three exports are installed and verified; a CPU then gets the int8 model where it has VNNI or int8 is
-    asked for, the float one where fp32 is."""
+    """All three exports are installed and verified; a CPU then gets the int8 model unless fp32 is asked for."""
     with EdgeStore(tmp_path / "store") as store:
         assert store.install_model(exported_models["0.4.0-int8-folder"]) == "0.4.0"
         active = store.active_model_path()
         assert sorted(p.name for p in active.iterdir()) == ["model.onnx", "model.ts", "model_int8.onnx"]
-        model, info = load_model(active, "cpu", precision="int8")
+        model, info = load_model(active, "cpu")
         assert info.version == "0.4.0" and info.precision == "int8"
-        assert load_model(active, "cpu")[1].precision == ("int8" if cpu_has_fast_int8() else "fp32")
         assert tuple(model(torch.rand(1, 3, 32, 32)).shape) == (1, 1, 32, 32)
         assert load_model(active, "cpu", precision="fp32")[1].precision == "fp32"
         assert store.verify() == []

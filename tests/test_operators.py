@@ -41,9 +41,7 @@ from operators.dicom_outputs import (
 )
 from operators.loader import MAX_PIXELS, iter_input_files, load_file
 from networks.export import export_onnx
-from operators.model import (
-    OnnxRuntimeModel, cpu_has_fast_int8, load_model, load_torchscript_model, read_model_info, resolve_model_file,
-)
+from operators.model import OnnxRuntimeModel, load_model, load_torchscript_model, read_model_info, resolve_model_file
 from operators.segmentation import segment_cases
 
 from _app_helpers import (
@@ -268,13 +266,11 @@ def test_a_cpu_gets_the_int8_model_unless_fp32_is_asked_for(tiny_model_path, tin
     (folder / "model.ts").write_bytes(tiny_model_path.read_bytes())
     (folder / "model.onnx").write_bytes(tiny_onnx_path.read_bytes())
     quantize_like_the_bundle(tiny_onnx_path, folder / "model_int8.onnx")
-    auto = "model_int8.onnx" if cpu_has_fast_int8() else "model.onnx"  # int8 only where the CPU has VNNI
-    assert resolve_model_file(folder, "cpu") == folder / auto
-    assert resolve_model_file(folder, "cpu", precision="int8") == folder / "model_int8.onnx"
+    assert resolve_model_file(folder, "cpu") == folder / "model_int8.onnx"
     assert resolve_model_file(folder, "cpu", precision="fp32") == folder / "model.onnx"
     assert resolve_model_file(folder, "cuda") == folder / "model.ts"
     assert resolve_model_file(folder, kind="int8") == folder / "model_int8.onnx"
-    model, info = load_model(folder, precision="int8")
+    model, info = load_model(folder)
     assert info.precision == "int8" and (info.name, info.version) == (MODEL_INFO.name, MODEL_INFO.version)
     with pytest.raises(ValueError, match="precision"):
         resolve_model_file(folder, precision="fp16")
@@ -338,14 +334,6 @@ def test_the_model_is_fed_the_input_size_its_metadata_states(tiny_model_path, tm
     assert load_torchscript_model(script_path)[1].input_size == (128, 128)
     with pytest.raises(ValueError, match="spatial_shape"):
         read_model_info(json.dumps({"network_data_format": {"inputs": {"image": {"spatial_shape": [0, 128]}}}}), "m")
-
-
-def test_int8_is_served_by_default_only_on_a_cpu_with_int8_dot_products():
-    avx2_only = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma f16c\n"
-    assert not cpu_has_fast_int8(avx2_only)
-    assert cpu_has_fast_int8(avx2_only.replace("avx2", "avx2 avx512f avx512_vnni"))
-    assert cpu_has_fast_int8("Features\t: fp asimd asimddp\n")  # Arm's dot product
-    assert not cpu_has_fast_int8("")
 
 
 def test_masks_get_the_clean_up_the_model_metadata_states(tiny_model_path, tmp_path):

@@ -7,18 +7,17 @@ import torch
 
 from _app_helpers import REPO, isic_rgb
 from networks.preprocessing import mask_cleanup_of, rgb_to_model_input
-from operators.model import OnnxRuntimeModel, cpu_has_fast_int8, load_model, load_torchscript_model
+from operators.model import OnnxRuntimeModel, load_model, load_torchscript_model
 from monai_app.settings import DEFAULT_MODEL_PATH
 
 MODELS = REPO / "training_bundle" / "models"
 
 
-def test_the_default_model_is_the_bundles_onnx_export_int8_where_the_cpu_has_vnni():
+def test_the_default_model_is_the_bundles_int8_export_served_by_onnx_runtime_on_cpu():
     metadata = json.loads((REPO / "training_bundle" / "configs" / "metadata.json").read_text())
     model, info = load_model(DEFAULT_MODEL_PATH)
     assert isinstance(model, OnnxRuntimeModel)
-    expected_precision = "int8" if cpu_has_fast_int8() else "fp32"
-    assert (info.name, info.version, info.precision) == (metadata["name"], metadata["version"], expected_precision)
+    assert (info.name, info.version, info.precision) == (metadata["name"], metadata["version"], "int8")
     assert info.mask_cleanup == mask_cleanup_of(metadata)  # served with the clean-up it was scored with
     assert load_model(DEFAULT_MODEL_PATH, precision="fp32")[1].precision == "fp32"
 

@@ -35,7 +35,7 @@ def mean_jaccard(masks: List, truths: List[np.ndarray]) -> float:
 
 
 def score_model(model_path, images: List[np.ndarray], truths: List[np.ndarray],
-                precision: str = "auto") -> Tuple[float, str]:
+                precision: str = "int8") -> Tuple[float, str]:
     """The model's mean Jaccard on ``images`` against ``truths``, run as the app runs it (on the CPU), and the
     version the model states."""
     import torch
@@ -58,7 +58,7 @@ def _corrected_set(store: EdgeStore) -> Tuple[List[np.ndarray], List[np.ndarray]
     return [read_rgb(case.files["image"]) for case in cases], [read_mask(case.files["corrected_mask"]) for case in cases]
 
 
-def install_gated(store: EdgeStore, path, margin: float = 0.02, precision: str = "auto") -> Tuple[dict, bool]:
+def install_gated(store: EdgeStore, path, margin: float = 0.02, precision: str = "int8") -> Tuple[dict, bool]:
     """Score the model at ``path`` and the one the app runs now on the corrected cases; install the new one if
     it loses at most ``margin`` mean Jaccard.  Returns (the scores as printed, installed?).
 
