@@ -24,7 +24,8 @@ _DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": to
 
 def native_bf16(device_type: str) -> bool:
     """Whether ``device_type`` computes bfloat16 in hardware.  A CPU without AVX-512 BF16 or AMX (an AVX2-only
-    one, say) emulates it: measured on such a 2-core machine, a bf16 training step took 7x as long as fp32."""
+    one, say) emulates it: on such a 2-core machine a bf16 training step took about three times as long as fp32
+    (``benchmarks/train_step.py``; the bundle's docs)."""
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type == "cpu":
@@ -49,8 +50,8 @@ class MixedPrecision(nn.Module):
 
     MONAI's own ``amp`` flag autocasts on CUDA only (with fp16 and a gradient scaler); this wrapper is what
     makes a CPU step run in bfloat16, which with channels_last more than halves a step's time on a CPU with
-    AVX-512 BF16 (and multiplies it by 7 on one without: ``"auto"`` picks).  bf16 needs no gradient scaling.  The wrapper holds no parameters of its own: optimise, checkpoint and
-    export ``network`` itself.
+    AVX-512 BF16 and multiplies it on one without (``"auto"`` picks).  bf16 needs no gradient scaling.  The
+    wrapper holds no parameters of its own: optimise, checkpoint and export ``network`` itself.
 
     Args:
         network: the segmentation network, ``(B, C, H, W)`` to ``(B, 1, H, W)``.
