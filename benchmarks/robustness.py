@@ -73,7 +73,9 @@ def shifted(rgb: np.ndarray, shift: str) -> np.ndarray:
     return np.clip(SHIFTS[shift](rgb.astype(np.float32)) + 0.5, 0, 255).astype(np.uint8)
 
 
-def evaluate(model_path: Path, items: list, data: Path, batch_size: int = 8, precision: str = "int8") -> Dict[str, np.ndarray]:
+def evaluate(
+    model_path: Path, items: list, data: Path, batch_size: int = 8, precision: str = "int8"
+) -> Dict[str, np.ndarray]:
     """Per-image Jaccard of the model at ``model_path`` (the export ``precision`` picks from a folder, as the app's
     ``DERMSEG_MODEL_PRECISION``) under every shift: ``{shift: (n,) array}``."""
     model, info = load_model(model_path, precision=precision)

@@ -127,7 +127,9 @@ def read_model_info(extra_metadata: str, fallback_name: str) -> ModelInfo:
         mask_cleanup = mask_cleanup_of(metadata)
     except ValueError as exc:
         raise ValueError(f"model {name}: {exc}") from None
-    return ModelInfo(name=name, version=version, input_size=_input_size(metadata, name), precision=precision, mask_cleanup=mask_cleanup)
+    return ModelInfo(
+        name=name, version=version, input_size=_input_size(metadata, name), precision=precision, mask_cleanup=mask_cleanup
+    )
 
 
 def _input_size(metadata: dict, name: str) -> Tuple[int, int]:

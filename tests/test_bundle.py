@@ -322,7 +322,10 @@ def test_shipped_metadata_tells_the_truth():
 
 
 # what train.json alone defines: evaluate.json and inference.json, layered over it, must not define them again
-MODEL_KEYS = ("network_def", "image_size", "channels", "residual_inception", "bi_convgru", "dropout", "colour_constancy", "mask_cleanup", "device")
+MODEL_KEYS = (
+    "network_def", "image_size", "channels", "residual_inception", "bi_convgru", "dropout", "colour_constancy", "mask_cleanup",
+    "device",
+)
 
 
 def _layered(configs, **overrides):

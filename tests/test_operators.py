@@ -339,7 +339,8 @@ def test_the_model_is_fed_the_input_size_its_metadata_states(tiny_model_path, tm
 def test_masks_get_the_clean_up_the_model_metadata_states(tiny_model_path, tmp_path):
     """The app cleans each mask as the model's metadata says (the evaluation reads the same key)."""
     module = torch.jit.load(str(tiny_model_path)).eval()
-    metadata = {**TINY_MODEL_METADATA, "network_data_format": {"outputs": {"pred": {"mask_cleanup": "largest+fill_holes"}}}}
+    cleanup = {"network_data_format": {"outputs": {"pred": {"mask_cleanup": "largest+fill_holes"}}}}
+    metadata = {**TINY_MODEL_METADATA, **cleanup}
     script_path = tmp_path / "model.ts"
     torch.jit.save(module, str(script_path), _extra_files={"metadata.json": json.dumps(metadata)})
     model, info = load_model(script_path)

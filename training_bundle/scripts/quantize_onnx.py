@@ -5,12 +5,12 @@ float model.
     python training_bundle/scripts/quantize_onnx.py --bundle_root training_bundle
 
 reads ``models/model.onnx`` and writes ``models/model_int8.onnx``: ONNX Runtime's static quantization in QDQ
-format, int8 weights per output channel in a reduced (7-bit) range, uint8 activations, their ranges calibrated on ``--calibration_images``
-images of the **training** split (a seeded choice) put through ``networks.preprocessing`` at the input size the
-model's metadata states.  The inputs, outputs and embedded metadata are the float model's, with
-``"precision": "int8"`` and how it was made added, so the app, the edge store and the evaluation
-(``train.json`` + ``evaluate.json`` with ``--onnx_file models/model_int8.onnx``) treat it like any other export.  Rerun it whenever ``model.onnx``
-changes.
+format, int8 weights per output channel in a reduced (7-bit) range, uint8 activations, their ranges calibrated on
+``--calibration_images`` images of the **training** split (a seeded choice) put through ``networks.preprocessing``
+at the input size the model's metadata states.  The inputs, outputs and embedded metadata are the float model's,
+with ``"precision": "int8"`` and how it was made added, so the app, the edge store and the evaluation
+(``train.json`` + ``evaluate.json`` with ``--onnx_file models/model_int8.onnx``) treat it like any other export.
+Rerun it whenever ``model.onnx`` changes.
 
 The reduced weight range is what makes the model right on every x86 CPU: without VNNI (an AVX2-only CPU) ONNX
 Runtime multiplies uint8 by int8 with ``vpmaddubsw``, whose 16-bit sums saturate with full-range weights.
@@ -97,7 +97,8 @@ def quantize_onnx(onnx_file: str, filepath: str, dataset_dir: str, datalist_file
     metadata = {
         **metadata,
         "precision": INT8_PRECISION,
-        "quantization": f"ONNX Runtime static quantization (QDQ, per-channel int8 weights in a reduced 7-bit range, uint8 activations), "
+        "quantization": "ONNX Runtime static quantization (QDQ, per-channel int8 weights in a reduced 7-bit range, "
+        "uint8 activations), "
         f"calibrated on {len(inputs)} training images (seed {seed})",
     }
     del model.metadata_props[:]

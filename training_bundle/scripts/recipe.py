@@ -8,6 +8,7 @@ Each is a plain object the configs instantiate by dotted path; the handlers amon
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -22,6 +23,7 @@ __all__ = ["MixedPrecision", "WarmupCosine", "EMAUpdate", "ProgressiveResize", "
 _DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
+@functools.lru_cache(maxsize=None)  # the hardware does not change: asked once, not every training step
 def native_bf16(device_type: str) -> bool:
     """Whether ``device_type`` computes bfloat16 in hardware.  A CPU without AVX-512 BF16 or AMX (an AVX2-only
     one, say) emulates it: on such a 2-core machine a bf16 training step took about three times as long as fp32
