@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 
 from monai_app.serve.__main__ import ModelCheck, main as serve_main
 from monai_app.serve.orthanc import check_orthanc_url
+from monai_app.serve import study as rounds
 from monai_app.serve.progress import DONE, FAILED, QUEUED, SENDING, SKIPPED, Progress
 from monai_app.settings import AppSettings, orthanc_credentials_from_env
 
@@ -215,6 +216,28 @@ def test_progress_takes_each_change_in_once_and_rounds_follow_new_instances(tmp_
     second = progress.next_due()
     progress.finish(second, SKIPPED, ["i1", "i2"], note="nothing to segment")
     assert progress.taken_instances("a1") == {"i1", "i2"} and progress.next_due() is None
+    progress.close()
+
+
+def test_retention_deletes_only_the_folders_of_rounds_finished_long_enough_ago(tmp_path):
+    progress = Progress(tmp_path / "serve.sqlite")
+    progress.take_in([("done", True), ("failed", True), ("pending", True)], 3)
+    done = progress.next_due()
+    progress.finish(done, DONE, ["i1"], sent=4)
+    failed = progress.next_due()
+    progress.finish(progress.start_attempt(failed), FAILED, error="boom")
+    studies = tmp_path / "studies"
+    for folder in ("done/round-1/out", "pending/round-1/in", "failed/round-1", "unknown/round-1/out",
+                   "done/round-x"):
+        (studies / folder).mkdir(parents=True)
+    (studies / "done/round-1/out/results.json").write_text("{}")
+
+    assert rounds.prune_finished(studies, progress, keep_s=3600) == 0  # finished just now: kept
+    assert rounds.prune_finished(studies, progress, keep_s=0) == 2
+    left = sorted(str(p.relative_to(studies)) for p in studies.glob("*/*"))
+    assert left == ["done/round-x", "pending/round-1", "unknown/round-1"]
+    assert progress.finished_at("done", 1) is not None and progress.finished_at("pending", 1) is None
+    assert progress.taken_instances("done") == {"i1"}  # the record stays: the study is never run again
     progress.close()
 
 

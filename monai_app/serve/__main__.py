@@ -51,13 +51,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help=f"seconds before a failed app run is retried, doubling (default {defaults.retry_delay:g})")
     parser.add_argument("--backoff-max", type=float, default=defaults.backoff_max,
                         help=f"longest wait for an unreachable Orthanc or PACS (default {defaults.backoff_max:g} s)")
+    parser.add_argument("--keep-days", type=float, default=defaults.keep_days,
+                        help="days a finished study's results and app log stay in WORK/studies (default "
+                        f"{defaults.keep_days:g}; inf keeps them)")
     parser.add_argument("--status", action="store_true", help="print the recorded rounds as JSON lines and exit")
     parser.add_argument("-l", "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
     if not args.status and not args.orthanc:
         parser.error("--orthanc URL is required")
-    if args.max_attempts < 1 or args.poll_interval <= 0 or args.retry_delay < 0 or args.backoff_max <= 0:
-        parser.error("--max-attempts must be >= 1, --poll-interval and --backoff-max > 0, --retry-delay >= 0")
+    if (args.max_attempts < 1 or args.poll_interval <= 0 or args.retry_delay < 0 or args.backoff_max <= 0
+            or not args.keep_days >= 0):
+        parser.error("--max-attempts must be >= 1, --poll-interval and --backoff-max > 0, --retry-delay and "
+                     "--keep-days >= 0")
     return args
 
 
@@ -139,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     metrics = Metrics()
     options = ServiceOptions(poll_interval=args.poll_interval, max_attempts=args.max_attempts,
-                             retry_delay=args.retry_delay, backoff_max=args.backoff_max)
+                             retry_delay=args.retry_delay, backoff_max=args.backoff_max, keep_days=args.keep_days)
     service = EdgeService(orthanc, args.work, settings, model, dict(os.environ), metrics, options)
     check = ModelCheck(model, settings)
     problem = check()

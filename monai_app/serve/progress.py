@@ -211,6 +211,12 @@ class Progress:
     def rounds(self) -> List[dict]:
         return [dict(row) for row in self._db.execute("SELECT * FROM rounds ORDER BY rowid")]
 
+    def finished_at(self, study: str, number: int) -> Optional[float]:
+        """When the round was recorded done, skipped or failed (unix time); None while it is not, or is unknown."""
+        row = self._db.execute("SELECT state, updated FROM rounds WHERE study = ? AND round = ?",
+                               (study, number)).fetchone()
+        return _epoch(row["updated"]) if row is not None and row["state"] in FINISHED else None
+
     def queue_depth(self) -> int:
         marks = ",".join("?" * len(PENDING))
         return int(self._db.execute(f"SELECT COUNT(*) FROM rounds WHERE state IN ({marks})", PENDING).fetchone()[0])

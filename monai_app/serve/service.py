@@ -45,6 +45,8 @@ class ServiceOptions:
     backoff_max: float = 300.0  # the cap of that backoff
     arriving_grace: float = 120.0  # a study announced but not reported stable this long is checked by hand
     page_size: int = 100  # changes per request
+    keep_days: float = 30.0  # a finished round's folder (results, app log) is deleted this long after it finished
+    prune_every: float = 3600.0  # seconds between looks for such folders
 
 
 class Backoff:
@@ -88,6 +90,7 @@ class EdgeService:
         self.pacs_backoff = Backoff("the PACS", options.backoff_first, options.backoff_max)
         self._last_sweep = 0.0
         self._last_pull = float("-inf")
+        self._last_prune = float("-inf")
 
     # the loop --------------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -98,6 +101,7 @@ class EdgeService:
         try:
             while not self.stop.is_set():
                 self.pull_corrections()
+                self.prune()
                 worked = self.step()
                 self.metrics.queue_depth.set(self.progress.queue_depth())
                 if not worked:
@@ -185,6 +189,21 @@ class EdgeService:
             return
         _log.info("corrections pulled from %s: %s (%d SEG(s) of our own left alone)", target.label,
                   pulled.report.summary(), pulled.own)
+
+    def prune(self) -> None:
+        """Retention of the work folder: rounds finished ``keep_days`` ago lose their folder (the results are in
+        the PACS, the photos in Orthanc); checked at start and every ``prune_every`` seconds."""
+        if time.monotonic() - self._last_prune < self.options.prune_every or self.options.keep_days == float("inf"):
+            return
+        self._last_prune = time.monotonic()
+        try:
+            pruned = rounds.prune_finished(self.work / "studies", self.progress, self.options.keep_days * 86400)
+        except OSError as error:  # a disk problem is logged and tried again later, never stops the service
+            _log.error("pruning %s/studies failed: %s", self.work, error)
+            return
+        if pruned:
+            _log.info("%d finished round(s) older than %g day(s) deleted from %s/studies", pruned,
+                      self.options.keep_days, self.work)
 
     # a round ---------------------------------------------------------------------------------------------------
     def folder(self, item: Round) -> Path:

@@ -27,10 +27,12 @@ import ctypes
 import logging
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -40,8 +42,9 @@ from operators.conventions import MANUFACTURER, PHOTO_SOP_CLASSES
 from ..pacs import read_results
 from ..settings import ENV_SEND_TO, ORTHANC_CREDENTIAL_VARIABLES
 from .orthanc import OrthancClient
+from .progress import Progress
 
-__all__ = ["Plan", "app_command", "app_environment", "case_counts", "download", "plan_round", "run_app"]
+__all__ = ["Plan", "app_command", "app_environment", "case_counts", "download", "plan_round", "prune_finished", "run_app"]
 
 _log = logging.getLogger(__package__)
 REPO = Path(__file__).resolve().parents[2]
@@ -181,3 +184,23 @@ def case_counts(out_dir: Path) -> Dict[str, int]:
         "cases_error": sum(c.get("status") == "error" for c in cases),
         "review": sum(c.get("route") == "review" for c in cases),
     }
+
+
+def prune_finished(studies: Path, progress: Progress, keep_s: float) -> int:
+    """Delete the folders ``studies/<study>/round-<n>`` of rounds finished more than ``keep_s`` seconds ago (their
+    results and the app's log; the photos went after the send) and study folders left empty; returns how many
+    rounds were deleted.  The round's record in the progress database stays, so a study is still never run
+    twice.  The folders are walked rather than the database, so the cost follows what is kept on disk, not the
+    service's whole history; a folder the database does not know, or a round still under way, is left alone."""
+    cutoff = time.time() - keep_s
+    pruned = 0
+    for study in sorted(p for p in Path(studies).glob("*") if p.is_dir()):
+        for folder in sorted(study.glob("round-*")):
+            number = folder.name[len("round-"):]
+            finished = progress.finished_at(study.name, int(number)) if number.isdigit() else None
+            if finished is not None and finished <= cutoff:
+                shutil.rmtree(folder)
+                pruned += 1
+        if not any(study.iterdir()):
+            study.rmdir()
+    return pruned
