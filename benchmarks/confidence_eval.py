@@ -100,7 +100,8 @@ def evaluate(model_path: Path, data: Path, datalist: Path, split: str, limit: in
             record = {
                 "image": item["image"],
                 "jaccard": jaccard(case.mask, truth),
-                "confidence": case_confidence(case.probability, measure=measure),  # what the app computes
+                # what the app computes; with --tta the mask and probability are the two views' mean, as the app's
+                "confidence": case_confidence(case.probability, measure=measure),
             }
             if tta:  # what the app computes with DERMSEG_FLIP_TTA=1
                 record["confidence_tta"] = case_confidence(case.probability, case.flip_agreement, measure)
@@ -146,7 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--datalist", type=Path, default=REPO / "training_bundle" / "configs" / "datalist.json")
     parser.add_argument("--split", default="testing")
     parser.add_argument("--limit", type=int, default=None, help="first N images of the split only")
-    parser.add_argument("--tta", action="store_true", help="also score with flip agreement (DERMSEG_FLIP_TTA=1)")
+    parser.add_argument("--tta", action="store_true",
+                        help="as the app with DERMSEG_FLIP_TTA=1: the mirror image averaged in, flip agreement scored")
     parser.add_argument("--measure", choices=sorted(MEASURES), default=DEFAULT_MEASURE,
                         help="the confidence measure (DERMSEG_CONFIDENCE_MEASURE)")
     parser.add_argument("--random-model", action="store_true", help="a random model (exercises the script only)")

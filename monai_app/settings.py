@@ -111,7 +111,7 @@ class AppSettings:
     send_to: Optional[str]  # DERMSEG_SEND_TO: where results go, a PACS AE or a STOW-RS URL
     batch_size: int
     write_probability_seg: bool
-    flip_tta: bool  # DERMSEG_FLIP_TTA: segment the mirror image too, confidence x flip agreement (2x the compute)
+    flip_tta: bool  # DERMSEG_FLIP_TTA: mask from the image and its mirror image, confidence x their agreement (2x)
     model_precision: str = "int8"  # DERMSEG_MODEL_PRECISION: int8 (model_int8.onnx where there is one) or fp32
     # DERMSEG_CALLING_AET, DERMSEG_SEND_*, DERMSEG_DICOMWEB_TOKEN: how to send (and pull); read (and checked)
     # only when DERMSEG_SEND_TO, DERMSEG_REVIEW_SEND_TO or DERMSEG_REVIEW_PULL_FROM names a server, else None

@@ -26,9 +26,10 @@ def segment_cases(cases: List[Case], model, model_info, device, batch_size: int 
 
     Each photo is squashed to the input size the model's metadata states (``model_info.input_size``), and each
     mask gets the clean-up it states (``model_info.mask_cleanup``), as the bundle's evaluation scored it.
-    With ``flip_tta`` the horizontally mirrored image is segmented too (in the same model call) and
-    ``flip_agreement`` set to the Dice of the two masks: a model that sees a lesion differently in its mirror image
-    is unsure of it.  The mask itself always comes from the image as it is.
+    With ``flip_tta`` the horizontally mirrored image is segmented too (in the same model call): the probability
+    and mask come from the mean of the two views' logits (the bundle's ``FlipAveragingInferer`` with flips
+    ``[[], [3]]``, which scores it), and ``flip_agreement`` is the Dice of the two views' own masks: a model that
+    sees a lesion differently in its mirror image is unsure of it.
     A batch that fails as a whole is retried one case at a time, so only the case at fault becomes an error.
     """
     todo = []
@@ -61,16 +62,20 @@ def _run(batch, model, model_info, device, flip_tta: bool = False) -> None:
         raise ValueError(f"model returned shape {tuple(logits.shape)}, expected ({len(inputs)}, 1, h, w)")
     logits = logits.float().cpu()
     for index, (case, _) in enumerate(batch):
-        height, width = case.rgb.shape[:2]
-        probability = logits_to_probability(logits[index : index + 1], (height, width))
+        size = case.rgb.shape[:2]
+        view = logits[index : index + 1]
+        if flip_tta:
+            mirrored = torch.flip(logits[len(batch) + index : len(batch) + index + 1], dims=[-1])
+            case.flip_agreement = flip_agreement(_mask(view, size, model_info), _mask(mirrored, size, model_info))
+            view = (view + mirrored) / 2
+        probability = logits_to_probability(view, size)
         case.probability = probability[0, 0].numpy()
         case.mask = probability_to_mask(probability, cleanup=model_info.mask_cleanup)[0, 0].numpy()
         case.model = model_info
-        if flip_tta:
-            mirrored = torch.flip(logits[len(batch) + index : len(batch) + index + 1], dims=[-1])
-            mirrored_probability = logits_to_probability(mirrored, (height, width))
-            mirrored_mask = probability_to_mask(mirrored_probability, cleanup=model_info.mask_cleanup)[0, 0].numpy()
-            case.flip_agreement = flip_agreement(case.mask, mirrored_mask)
+
+
+def _mask(logits: torch.Tensor, size, model_info) -> np.ndarray:
+    return probability_to_mask(logits_to_probability(logits, size), cleanup=model_info.mask_cleanup)[0, 0].numpy()
 
 
 class LesionSegmentationOperator(Operator):

@@ -385,14 +385,20 @@ def test_segmentation_operator_alone(tiny_model_path, rgb):
     assert all(c.flip_agreement is None for c in batch)
 
 
-def test_flip_tta_keeps_the_mask_and_measures_agreement(tiny_model_path, rgb):
+def test_flip_tta_averages_the_two_views_and_measures_their_agreement(tiny_model_path, rgb):
     module, info = load_torchscript_model(tiny_model_path)
     plain, flipped = Case(source_file="a", rgb=rgb), Case(source_file="a", rgb=rgb)
     segment_cases([plain], module, info, torch.device("cpu"))
     segment_cases([flipped], module, info, torch.device("cpu"), flip_tta=True)
-    np.testing.assert_allclose(flipped.probability, plain.probability, atol=1e-5)
     mirror = Case(source_file="m", rgb=np.ascontiguousarray(rgb[:, ::-1]))
     segment_cases([mirror], module, info, torch.device("cpu"))
+    # the mean of the two views' logits, as the bundle's FlipAveragingInferer with flips [[], [3]] computes it
+    model_input = rgb_to_model_input(rgb, info.input_size)[None]
+    with torch.inference_mode():
+        averaged = (module(model_input) + torch.flip(module(torch.flip(model_input, [3])), [3])) / 2
+    expected = logits_to_probability(averaged, rgb.shape[:2])[0, 0].numpy()
+    np.testing.assert_allclose(flipped.probability, expected, atol=1e-5)
+    assert np.abs(flipped.probability - plain.probability).max() > 1e-4  # a random tiny model is not symmetric
     assert flipped.flip_agreement == pytest.approx(flip_agreement(plain.mask, mirror.mask[:, ::-1]), abs=0.01)
     assert case_confidence(flipped.probability, flipped.flip_agreement) == pytest.approx(
         lesion_confidence(flipped.probability) * flipped.flip_agreement)
