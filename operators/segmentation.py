@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import torch
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec

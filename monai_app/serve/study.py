@@ -44,7 +44,9 @@ from ..settings import ENV_SEND_TO, ORTHANC_CREDENTIAL_VARIABLES
 from .orthanc import OrthancClient
 from .progress import Progress
 
-__all__ = ["Plan", "app_command", "app_environment", "case_counts", "download", "plan_round", "prune_finished", "run_app"]
+__all__ = [
+    "Plan", "app_command", "app_environment", "case_counts", "download", "plan_round", "prune_finished", "run_app",
+]
 
 _log = logging.getLogger(__package__)
 REPO = Path(__file__).resolve().parents[2]
