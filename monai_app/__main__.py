@@ -15,18 +15,23 @@ import warnings
 from pathlib import Path
 from typing import Tuple
 
-import pydicom.config
+from .startup import leave_out_training_packages
 
-from monai.deploy.core import parse_args
-from monai.deploy.core.runtime_env import RuntimeEnv
+if __name__ == "__main__":  # the program, not an import of it
+    leave_out_training_packages()
 
-from operators.case import remove_partial_files
-from operators.model import resolve_model_file
+import pydicom.config  # noqa: E402
 
-from .app import SkinLesionSegApp
-from .edge import EdgeStore
-from .pacs import review_selection, send_outputs
-from .settings import DEFAULT_MODEL_PATH, AppSettings, apply_app_config_defaults
+from monai.deploy.core import parse_args  # noqa: E402
+from monai.deploy.core.runtime_env import RuntimeEnv  # noqa: E402
+
+from operators.case import remove_partial_files  # noqa: E402
+from operators.model import resolve_model_file  # noqa: E402
+
+from .app import SkinLesionSegApp  # noqa: E402
+from .edge import EdgeStore  # noqa: E402
+from .pacs import review_selection, send_outputs  # noqa: E402
+from .settings import DEFAULT_MODEL_PATH, AppSettings, apply_app_config_defaults  # noqa: E402
 
 
 def _default_model(settings: AppSettings) -> Path:

@@ -21,11 +21,18 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
-from ..settings import DEFAULT_MODEL_PATH, AppSettings, apply_app_config_defaults, orthanc_credentials_from_env
-from .ops import Metrics, OpsServer
-from .orthanc import OrthancClient
-from .progress import Progress
-from .service import EdgeService, ServiceOptions
+from ..startup import leave_out_training_packages
+
+if __name__ == "__main__":  # the program, not an import of it
+    leave_out_training_packages()
+
+from ..settings import (  # noqa: E402
+    DEFAULT_MODEL_PATH, AppSettings, apply_app_config_defaults, orthanc_credentials_from_env,
+)
+from .ops import Metrics, OpsServer  # noqa: E402
+from .orthanc import OrthancClient  # noqa: E402
+from .progress import Progress  # noqa: E402
+from .service import EdgeService, ServiceOptions  # noqa: E402
 
 _log = logging.getLogger("monai_app.serve")
 
