@@ -4,7 +4,7 @@
 MONAI imports ignite, matplotlib and nibabel at its own import wherever they are installed.  The app and the
 edge service never use them; the development environment has them for the training bundle, a MAP
 (``monai_app/requirements.txt``) does not.  Marked absent, MONAI sees what it sees in a MAP, and a program starts
-about a third sooner (``benchmarks/app_throughput.py``'s start-up row).  Only the programs call this, as
+about a quarter sooner (the README's Performance section).  Only the programs call this, as
 ``__main__``: a process that imports the app's modules (the tests, the bundle) keeps every package.
 """
 
