@@ -24,7 +24,7 @@
    deployed model on the edge set.
 
 Needs ``../shared/data`` (the ISIC copies), and root and Debian's Orthanc with its DICOMweb plugin
-(``tests/system_deps.sh``), as the PACS tests do.  CPU cost with the defaults: about 20-40 minutes on 2 cores.
+(``tests/system_deps.sh``), as the PACS tests do.  CPU cost with the defaults: about 40 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def main() -> None:
     metadata["version"] = f"{metadata['version']}+edge1"
     metadata["changelog"][metadata["version"]] = f"fine-tuned on {args.isic_train} ISIC images and {n_edge} edge samples"
     (work / "metadata_next.json").write_text(json.dumps(metadata, indent=2))
-    next_models = work / "next_models"  # as the bundle's models/ folder: TorchScript and ONNX
+    next_models = work / "next_models"  # as the bundle's models/ folder: TorchScript, ONNX and its int8 quantization
     next_models.mkdir(exist_ok=True)
     run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", next_models / "model.ts",
          "--ckpt_file", arms["with edge samples"], "--meta_file", work / "metadata_next.json",
@@ -234,6 +234,8 @@ def main() -> None:
     run([sys.executable, BUNDLE / "scripts" / "export_onnx.py", "--bundle_root", BUNDLE, "--filepath", next_models / "model.onnx",
          "--ckpt_file", arms["with edge samples"], "--meta_file", work / "metadata_next.json",
          "--config_file", *(f"configs/{name}" for name in (*SHIPPED_RECIPE, "inference.json"))])
+    run([sys.executable, BUNDLE / "scripts" / "quantize_onnx.py", "--bundle_root", BUNDLE,
+         "--onnx_file", next_models / "model.onnx", "--filepath", next_models / "model_int8.onnx"])
     run([sys.executable, "-m", "monai_app.edge", "--store", store, "install-model", next_models])
     status = json.loads(run([sys.executable, "-m", "monai_app.edge", "--store", store, "status"]).stdout)
 
