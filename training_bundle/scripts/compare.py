@@ -7,10 +7,14 @@ and the paper's own figures.
     python training_bundle/scripts/compare.py --work_dir runs/compare
     # train (resumable) + evaluate every variant, then the table:
     python training_bundle/scripts/compare.py --work_dir runs/compare --train --evaluate
+    # the same with the modern recipe (configs/train_recipe.json) layered over the paper's:
+    python training_bundle/scripts/compare.py --work_dir runs/compare_recipe --recipe --train --evaluate
 
 Each variant is the bundle's own configs plus overrides: the ablations flip ``residual_inception`` and
 ``bi_convgru``; the MONAI peers append ``configs/net_monai_*.json`` (which replace ``network_def``) to
-``train.json`` for training and to ``train.json`` + ``evaluate.json`` for evaluation.  A variant's
+``train.json`` for training and to ``train.json`` + ``evaluate.json`` for evaluation.  ``--recipe`` puts
+``train_recipe.json`` after ``train.json`` in both, with its colour constancy turned off: that layer belongs to
+RIBCUNet alone, and every network must see the same inputs.  A variant's
 checkpoints go to ``WORK_DIR/<variant>/models`` and its evaluation to ``WORK_DIR/<variant>/eval``, so runs are
 independent and each one resumes on its own.  Every ``--override KEY=VALUE`` goes to all of them (data folder,
 epochs, widths ...).  GFLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` for one image at the
@@ -33,7 +37,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts._config import EVALUATE_CONFIGS, INFERENCE_CONFIGS, TRAIN_CONFIG, load_config, parse_overrides  # noqa: E402
+from scripts._config import (  # noqa: E402
+    EVALUATE_CONFIGS,
+    INFERENCE_CONFIGS,
+    RECIPE_CONFIG,
+    TRAIN_CONFIG,
+    load_config,
+    parse_overrides,
+)
 
 __all__ = ["VARIANTS", "PAPER", "count_cost", "cpu_latency_ms", "run_variant", "collect", "format_table"]
 
@@ -102,12 +113,18 @@ def cpu_latency_ms(bundle_root: str, name: str, overrides: Dict[str, Any], repea
     return 1e3 * statistics.median(times)
 
 
-def run_variant(bundle_root: str, work_dir: str, name: str, common: Dict[str, Any], train: bool, evaluate: bool) -> None:
-    """Train (resuming if interrupted) and/or evaluate one variant through ``monai.bundle``'s ConfigWorkflow."""
+def run_variant(
+    bundle_root: str, work_dir: str, name: str, common: Dict[str, Any], train: bool, evaluate: bool, recipe: bool = False
+) -> None:
+    """Train (resuming if interrupted) and/or evaluate one variant through ``monai.bundle``'s ConfigWorkflow, with
+    the paper's recipe or (``recipe``) the modern one layered over it."""
     from monai.bundle import ConfigWorkflow
 
     overrides = _variant_overrides(work_dir, name, common)
-    steps = ([((TRAIN_CONFIG,), "train")] if train else []) + ([(EVALUATE_CONFIGS, "infer")] if evaluate else [])
+    layer = (RECIPE_CONFIG,) if recipe else ()
+    steps = ([((TRAIN_CONFIG, *layer), "train")] if train else []) + (
+        [((TRAIN_CONFIG, *layer, *EVALUATE_CONFIGS[1:]), "infer")] if evaluate else []
+    )
     for configs, workflow_type in steps:
         workflow = ConfigWorkflow(
             config_file=[os.path.join(bundle_root, f) for f in (*configs, *VARIANTS[name][1])],
@@ -175,18 +192,25 @@ def main(argv: Sequence[str] | None = None) -> str:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--train", action="store_true", help="train each variant first (resumes if interrupted)")
     ap.add_argument("--evaluate", action="store_true", help="evaluate each variant on the test split")
+    ap.add_argument(
+        "--recipe", action="store_true", help="train and evaluate with configs/train_recipe.json over train.json"
+    )
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every variant")
     ap.add_argument("--latency_repeats", type=int, default=5, help="timed CPU forwards per variant (0: no latency)")
     ap.add_argument("--output", help="also write the table (markdown) and the rows (JSON beside it) here")
     args = ap.parse_args(argv)
     bundle_root = os.path.abspath(args.bundle_root)
     common = parse_overrides(args.override)
+    if args.recipe:  # the recipe's colour constancy is a RIBCUNet layer: off, so that all networks see the same input
+        common = {"colour_constancy": "none", **common}
     for name in args.variants:
         if args.train or args.evaluate:
-            run_variant(bundle_root, args.work_dir, name, common, args.train, args.evaluate)
+            run_variant(bundle_root, args.work_dir, name, common, args.train, args.evaluate, args.recipe)
     rows = collect(bundle_root, args.work_dir, args.variants, common, args.latency_repeats)
     image_size = common.get("image_size", load_config(bundle_root, [TRAIN_CONFIG]).get_parsed_content("image_size"))
     table = format_table(rows, image_size)
+    if args.recipe:
+        table += "\n\nRecipe: configs/train_recipe.json over configs/train.json, colour constancy off."
     print(table)
     if args.output:
         with open(args.output, "w") as f:
