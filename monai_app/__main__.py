@@ -15,10 +15,10 @@ import warnings
 from pathlib import Path
 from typing import Tuple
 
-from .startup import leave_out_training_packages
+from .startup import leave_out_unused_packages
 
 if __name__ == "__main__":  # the program, not an import of it
-    leave_out_training_packages()
+    leave_out_unused_packages()
 
 import pydicom.config  # noqa: E402
 

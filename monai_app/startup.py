@@ -1,24 +1,31 @@
 # Copyright (c) the dermseg contributors. Apache-2.0.
-"""What the app's programs do before anything imports MONAI: leave out the training bundle's packages.
+"""What the app's programs do before anything imports MONAI: leave out what MONAI imports that they never use.
 
-MONAI imports ignite, matplotlib and nibabel at its own import wherever they are installed.  The app and the
-edge service never use them; the development environment has them for the training bundle, a MAP
-(``monai_app/requirements.txt``) does not.  Marked absent, MONAI sees what it sees in a MAP, and a program starts
-about a quarter sooner (the README's Performance section).  Only the programs call this, as
-``__main__``: a process that imports the app's modules (the tests, the bundle) keeps every package.
+``import monai`` imports every MONAI module, and with them every optional package that is installed.  The app
+and the edge service use none of those below.  Marked absent, each is skipped as where it is not installed
+(MONAI imports them through ``optional_import``), and a program starts sooner (the README's Performance
+section).  Only the programs call this, as ``__main__``: a process that imports the app's modules (the tests,
+the bundle) keeps every package.
 """
 
 from __future__ import annotations
 
 import sys
 
-__all__ = ["TRAINING_ONLY_PACKAGES", "leave_out_training_packages"]
+__all__ = ["UNUSED_BY_THE_APP", "leave_out_unused_packages"]
 
-TRAINING_ONLY_PACKAGES = ("ignite", "matplotlib", "nibabel")
+# name -> why MONAI imports it; the first three are in the development environment for the training bundle only
+UNUSED_BY_THE_APP = {
+    "ignite": "MONAI's engines and handlers (training)",
+    "matplotlib": "MONAI's plots (training)",
+    "nibabel": "MONAI's NIfTI readers (training)",
+    # a MAP installs scipy for scipy.ndimage; scipy.signal (with scipy.stats) is about a second of imports alone
+    "scipy.signal": "MONAI's ultrasound confidence map",
+}
 
 
-def leave_out_training_packages() -> None:
-    """Make ``import`` of each training-only package fail in this process, as where it is not installed; a package
+def leave_out_unused_packages() -> None:
+    """Make ``import`` of each of ``UNUSED_BY_THE_APP`` fail in this process, as where it is not installed; one
     already imported stays."""
-    for name in TRAINING_ONLY_PACKAGES:
+    for name in UNUSED_BY_THE_APP:
         sys.modules.setdefault(name, None)

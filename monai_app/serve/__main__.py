@@ -21,10 +21,10 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
-from ..startup import leave_out_training_packages
+from ..startup import leave_out_unused_packages
 
 if __name__ == "__main__":  # the program, not an import of it
-    leave_out_training_packages()
+    leave_out_unused_packages()
 
 from ..settings import (  # noqa: E402
     DEFAULT_MODEL_PATH, AppSettings, apply_app_config_defaults, orthanc_credentials_from_env,
