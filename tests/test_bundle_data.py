@@ -167,13 +167,13 @@ def test_compare_with_the_recipe_trains_a_peer_with_its_ema_and_says_so(tmp_path
     proc = run_cli(
         [
             PYTHON, bundle / "scripts" / "compare.py", "--work_dir", work, "--recipe", "--train", "--evaluate",
-            "--variants", "monai_unet", "--latency_repeats", "0", "--output", work / "table.md", "--override", f"dataset_dir={SAMPLE_DIR}",
-            f"datalist_file={SAMPLE_DATALIST}", "image_size=[32,32]", "train_sizes=[[1,[32,32]]]", "epochs=2",
-            "batch_size=4", "num_workers=0", "report=False",
+            "--variants", "monai_unet", "--latency_repeats", "0", "--output", work / "table.md",
+            "--override", f"dataset_dir={SAMPLE_DIR}", f"datalist_file={SAMPLE_DATALIST}", "image_size=[32,32]",
+            "train_sizes=[[1,[32,32]]]", "epochs=2", "batch_size=4", "num_workers=0", "report=False",
         ],
         cwd=tmp_path,
     )
-    assert "Recipe: configs/train_recipe.json over configs/train.json" in proc.stdout
+    assert "Recipe: configs/train_recipe.json over configs/train.json, colour constancy none." in proc.stdout
     checkpoint = torch.load(next((work / "monai_unet" / "models").glob("checkpoint_epoch=*.pt")), weights_only=False)
     assert "ema" in checkpoint  # the recipe's averaged weights, kept and validated for the peer too
     (row,) = json.loads((work / "table.json").read_text())

@@ -114,7 +114,13 @@ def cpu_latency_ms(bundle_root: str, name: str, overrides: Dict[str, Any], repea
 
 
 def run_variant(
-    bundle_root: str, work_dir: str, name: str, common: Dict[str, Any], train: bool, evaluate: bool, recipe: bool = False
+    bundle_root: str,
+    work_dir: str,
+    name: str,
+    common: Dict[str, Any],
+    train: bool,
+    evaluate: bool,
+    recipe: bool = False,
 ) -> None:
     """Train (resuming if interrupted) and/or evaluate one variant through ``monai.bundle``'s ConfigWorkflow, with
     the paper's recipe or (``recipe``) the modern one layered over it."""
@@ -210,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     image_size = common.get("image_size", load_config(bundle_root, [TRAIN_CONFIG]).get_parsed_content("image_size"))
     table = format_table(rows, image_size)
     if args.recipe:
-        table += "\n\nRecipe: configs/train_recipe.json over configs/train.json, colour constancy off."
+        table += f"\n\nRecipe: {RECIPE_CONFIG} over {TRAIN_CONFIG}, colour constancy {common['colour_constancy']}."
     print(table)
     if args.output:
         with open(args.output, "w") as f:
