@@ -15,12 +15,23 @@ from typing import Any, Dict, List, Sequence
 
 from monai.bundle import ConfigParser
 
-__all__ = ["TRAIN_CONFIG", "RECIPE_CONFIG", "EVALUATE_CONFIGS", "INFERENCE_CONFIGS", "parse_overrides", "load_config"]
+__all__ = [
+    "TRAIN_CONFIG",
+    "RECIPE_CONFIG",
+    "EVALUATE_CONFIG",
+    "INFERENCE_CONFIG",
+    "EVALUATE_CONFIGS",
+    "INFERENCE_CONFIGS",
+    "parse_overrides",
+    "load_config",
+]
 
 TRAIN_CONFIG = "configs/train.json"
 RECIPE_CONFIG = "configs/train_recipe.json"
-EVALUATE_CONFIGS = (TRAIN_CONFIG, "configs/evaluate.json")
-INFERENCE_CONFIGS = (TRAIN_CONFIG, "configs/inference.json")
+EVALUATE_CONFIG = "configs/evaluate.json"
+INFERENCE_CONFIG = "configs/inference.json"
+EVALUATE_CONFIGS = (TRAIN_CONFIG, EVALUATE_CONFIG)
+INFERENCE_CONFIGS = (TRAIN_CONFIG, INFERENCE_CONFIG)
 
 
 def parse_overrides(pairs: Sequence[str] | None) -> Dict[str, Any]:

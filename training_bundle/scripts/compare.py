@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scripts._config import (  # noqa: E402
-    EVALUATE_CONFIGS,
+    EVALUATE_CONFIG,
     INFERENCE_CONFIGS,
     RECIPE_CONFIG,
     TRAIN_CONFIG,
@@ -129,7 +129,7 @@ def run_variant(
     overrides = _variant_overrides(work_dir, name, common)
     layer = (RECIPE_CONFIG,) if recipe else ()
     steps = ([((TRAIN_CONFIG, *layer), "train")] if train else []) + (
-        [((TRAIN_CONFIG, *layer, *EVALUATE_CONFIGS[1:]), "infer")] if evaluate else []
+        [((TRAIN_CONFIG, *layer, EVALUATE_CONFIG), "infer")] if evaluate else []
     )
     for configs, workflow_type in steps:
         workflow = ConfigWorkflow(

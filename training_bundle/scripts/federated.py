@@ -43,10 +43,9 @@ sys.path.insert(0, SCRIPTS)
 from federated_client import SETTINGS_FILE  # noqa: E402
 from federated_privacy import AUDIT_FILE_NAME, STEPS_KEY, WeightsOnly  # noqa: E402
 from networks.durable import atomic_write_bytes, atomic_write_with  # noqa: E402
-from scripts._config import RECIPE_CONFIG, TRAIN_CONFIG, load_config, parse_overrides  # noqa: E402
+from scripts._config import INFERENCE_CONFIG, RECIPE_CONFIG, TRAIN_CONFIG, load_config, parse_overrides  # noqa: E402
 
 JOB_NAME = "dermseg_fedavg"
-INFERENCE_CONFIG = "configs/inference.json"
 GLOBAL_MODEL_FILE = "FL_global_model.pt"  # what FLARE's PyTorch persistor saves after each round
 CLIENT_SCRIPT = "federated_client.py"
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
