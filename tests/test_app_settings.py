@@ -77,7 +77,7 @@ def test_confidence_measure_setting():
 
 def test_confidence_threshold_from_env():
     assert threshold_from_env({}) == DEFAULT_THRESHOLD
-    assert threshold_from_env({"DERMSEG_CONFIDENCE_THRESHOLD": "0.35"}) == 0.35
+    assert threshold_from_env({"DERMSEG_CONFIDENCE_THRESHOLD": "0.6"}) == 0.6
     for bad in ("1.5", "-0.1", "high"):
         with pytest.raises(ValueError, match="DERMSEG_CONFIDENCE_THRESHOLD"):
             threshold_from_env({"DERMSEG_CONFIDENCE_THRESHOLD": bad})
