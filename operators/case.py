@@ -77,7 +77,12 @@ class Case:
         return str(uid) if uid else None
 
     def fail(self, stage: str, exc: BaseException | str) -> None:
-        """Turn this case into an error entry; pixels are dropped so a failed case holds no memory."""
+        """Turn this case into an error entry; pixels are dropped so a failed case holds no memory.
+
+        The first failure is the one recorded: writer branches run side by side, and a step that was already
+        working on the case when another failed it fails too, for want of the pixels."""
+        if self.status == CaseStatus.ERROR:
+            return
         message = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         self.status = CaseStatus.ERROR
         self.error = f"{self.source_file}: {stage} failed: {message}"

@@ -157,6 +157,9 @@ class OnnxRuntimeModel:
         # as many threads as torch uses: OMP_NUM_THREADS and the container's CPU limit apply to both runtimes
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # The app runs its other steps (decoding, writing) beside the model: threads that spin after each call,
+        # ONNX Runtime's default, take a core from them (the whole app: 17.7 s against 18.5 s for 60 cases)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

@@ -56,9 +56,9 @@ def write_dicom(dataset, path: Path) -> None:
 
 def discard_outputs(output_folder: Path, case: Case) -> None:
     """Remove every output of a failed case: no half set of outputs a reader or a PACS could take for a result."""
-    for relative in case.outputs.values():
+    for kind, relative in list(case.outputs.items()):  # a copy: the other writer branch may still add to it
         (output_folder / relative).unlink(missing_ok=True)
-    case.outputs.clear()
+        case.outputs.pop(kind, None)
     if is_valid_uid(case.sop_instance_uid):
         try:
             (output_folder / case.sop_instance_uid).rmdir()

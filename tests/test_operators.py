@@ -505,6 +505,10 @@ def test_overlay_png_and_secondary_capture(tmp_path, rgb, tiny_model_path):
     assert overlay.shape == rgb.shape and (overlay != rgb).any()
     far_from_lesion = ~ndimage.binary_dilation(case.mask > 0, iterations=2)
     np.testing.assert_array_equal(overlay[far_from_lesion], rgb[far_from_lesion])  # outside: the photo untouched
+    inside = ndimage.binary_erosion(case.mask > 0, iterations=3)  # the lesion within its outline: tinted red
+    assert inside.any()
+    tinted = case.rgb[inside].astype(np.float32) * 0.65 + np.float32([0.35 * 255, 0, 0])
+    np.testing.assert_array_equal(overlay[inside], np.clip(tinted + 0.5, 0, 255).astype(np.uint8))
     sc = build_overlay_sc(case.source, overlay, case.model)
     path = tmp_path / "sc.dcm"
     sc.save_as(path, enforce_file_format=True)
@@ -587,6 +591,15 @@ def test_join_of_the_writer_branches_keeps_a_case_whole_or_without_outputs(tmp_p
     assert joined is batch
     assert not seg_files[0].exists() and batch[1].outputs == {} and not (out / cases[1].sop_instance_uid).exists()
     assert all((out / relative).is_file() for relative in batch[0].outputs.values())
+
+
+def test_a_case_keeps_its_first_failure(rgb, tiny_model_path):
+    # the writer branches run side by side: a branch that loses the pixels because the other failed the case must
+    # not replace the cause with its own consequence
+    case = _segmented_case(rgb, tiny_model_path)
+    case.fail("writing the overlay", "disk full")
+    case.fail("writing the DICOM-SEG", TypeError("'NoneType' object is not subscriptable"))
+    assert case.error.endswith("writing the overlay failed: disk full") and case.mask is None
 
 
 def test_results_are_read_back_against_their_schema(tmp_path):
