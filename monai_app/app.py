@@ -33,8 +33,12 @@ __all__ = ["SkinLesionSegApp"]
 INDEPENDENT_WRITERS = {"overlays": OverlayWriterOperator}
 
 # Cases the loader emits at a time: enough to keep the graph's per-chunk cost small, few enough to bound the
-# memory that full-size photos and their probability maps take.
+# memory that full-size photos and their probability maps take.  A chunk also ends once its photos hold a camera
+# photo's pixels, so eight dermoscopy images (765 x 575) make a chunk and a camera photo goes alone: with the
+# scheduler's threads several chunks are in flight, and 20 camera photos peaked at 1.2 GB in chunks of one against
+# 1.9 GB in chunks of eight, in less time (the README's Performance section).
 PIPELINE_CHUNK = 8
+PIPELINE_CHUNK_PIXELS = 3024 * 2016
 
 # Worker threads of the graph's scheduler: with two, the model (whose ONNX Runtime call releases the GIL) works on
 # one chunk while the loader and the writers, which hold it, work on the chunks beside it: 60 cases took 17.7 s
@@ -83,8 +87,8 @@ class SkinLesionSegApp(Application):
         # chunks a folder makes), and every operator after it runs once per chunk of cases.  A chunk holds at
         # least PIPELINE_CHUNK cases; the model's batch (cases per model call) is a separate setting.
         load_photos = SkinPhotoLoaderOperator(
-            self, input_path=input_path, chunk_size=max(PIPELINE_CHUNK, settings.batch_size), exclude=output_folder,
-            name="load_photos",
+            self, input_path=input_path, chunk_size=max(PIPELINE_CHUNK, settings.batch_size),
+            chunk_pixels=PIPELINE_CHUNK_PIXELS, exclude=output_folder, name="load_photos",
         )
         segment_lesions = LesionSegmentationOperator(
             self, model_path=model_path, batch_size=settings.batch_size, flip_tta=settings.flip_tta,

@@ -127,16 +127,20 @@ class SkinPhotoLoaderOperator(Operator):
     Duplicate SOPInstanceUIDs (the same image twice) are reported once as errors, never processed twice.
 
     Named output:
-        cases: CaseBatch (a list of Case), at most ``chunk_size`` per tick; the operator stops itself after the
-        last file, whose batch has ``last`` set (an empty input folder gives one empty last batch).
+        cases: CaseBatch (a list of Case), at most ``chunk_size`` per tick, and no more photos once they hold
+        ``chunk_pixels`` pixels (a chunk of large photos is shorter, so the chunks in flight bound the memory);
+        the operator stops itself after the last file, whose batch has ``last`` set (an empty input folder gives
+        one empty last batch).
     """
 
     def __init__(
-        self, fragment: Fragment, *args, input_path: Path, chunk_size: int = 8, exclude: Optional[Path] = None, **kwargs
+        self, fragment: Fragment, *args, input_path: Path, chunk_size: int = 8, chunk_pixels: Optional[int] = None,
+        exclude: Optional[Path] = None, **kwargs
     ):
         self.input_path = Path(input_path)
         self.exclude = exclude
         self.chunk_size = max(1, int(chunk_size))
+        self.chunk_pixels = chunk_pixels
         self._files: Optional[Iterator[Path]] = None
         self._seen_sop_instances: dict = {}
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
@@ -149,8 +153,9 @@ class SkinPhotoLoaderOperator(Operator):
         if self._files is None:
             self._files = iter_input_files(self.input_path, self.exclude)
         chunk: List[Case] = []
+        pixels = 0
         exhausted = False
-        while len(chunk) < self.chunk_size:
+        while len(chunk) < self.chunk_size and (self.chunk_pixels is None or pixels < self.chunk_pixels):
             try:
                 path = next(self._files)
             except StopIteration:
@@ -160,7 +165,10 @@ class SkinPhotoLoaderOperator(Operator):
                 self._logger.warning("input folder walk stopped: %s", type(exc).__name__)
                 exhausted = True
                 break
-            chunk.append(self._load(path))
+            case = self._load(path)
+            chunk.append(case)
+            if case.rgb is not None:
+                pixels += case.rgb.shape[0] * case.rgb.shape[1]
         self._logger.info("loaded %d file(s): %d ok", len(chunk), sum(c.ok for c in chunk))
         op_output.emit(CaseBatch(chunk, last=exhausted), "cases")
         if exhausted:

@@ -210,6 +210,18 @@ def test_loader_operator_alone_walks_nested_folders_in_chunks(tmp_path, rgb):
     assert "duplicate SOPInstanceUID" in cases[3].error and "a/b/IM1.dcm" in cases[3].error
 
 
+def test_loader_operator_alone_ends_a_chunk_of_large_photos_early(tmp_path, rgb):
+    for n in range(5):
+        save_dicom(photo_dataset(rgb, instance_number=n + 1), tmp_path / f"IM{n}.dcm")
+    pixels = rgb.shape[0] * rgb.shape[1]
+    batches = run_operator_alone(
+        lambda app: SkinPhotoLoaderOperator(app, input_path=tmp_path, chunk_size=8, chunk_pixels=2 * pixels, name="load")
+    )
+    # a chunk takes photos until they hold the budget: two each here, the last one alone
+    assert [len(b) for b in batches] == [2, 2, 1] and [b.last for b in batches] == [False, False, True]
+    assert all(c.ok for b in batches for c in b)
+
+
 def test_loader_operator_alone_on_empty_folder(tmp_path):
     batches = run_operator_alone(lambda app: SkinPhotoLoaderOperator(app, input_path=tmp_path, name="load"))
     assert len(batches) == 1 and list(batches[0]) == [] and batches[0].last
