@@ -84,8 +84,9 @@ class SkinLesionSegApp(Application):
         settings = self.settings
 
         # The loader is the source: it stops itself after the last file (a CountCondition cannot know how many
-        # chunks a folder makes), and every operator after it runs once per chunk of cases.  A chunk holds at
-        # least PIPELINE_CHUNK cases; the model's batch (cases per model call) is a separate setting.
+        # chunks a folder makes), and every operator after it runs once per chunk of cases.  A chunk holds up to
+        # max(PIPELINE_CHUNK, batch size) cases, fewer once they reach PIPELINE_CHUNK_PIXELS; the model's batch
+        # (cases per model call) is a separate setting.
         load_photos = SkinPhotoLoaderOperator(
             self, input_path=input_path, chunk_size=max(PIPELINE_CHUNK, settings.batch_size),
             chunk_pixels=PIPELINE_CHUNK_PIXELS, exclude=output_folder, name="load_photos",
