@@ -22,7 +22,7 @@ sys.path.insert(0, str(BUNDLE_ROOT))
 
 from networks import RIBCUNet  # noqa: E402
 from networks.preprocessing import clean_mask, mask_cleanup_of, probability_to_mask  # noqa: E402
-from scripts.recipe import MixedPrecision, ProgressiveResize, WarmupCosine, autocast_dtype, native_bf16  # noqa: E402
+from scripts.recipe import MixedPrecision, ProgressiveResize, WarmupCosine, autocast_dtype, ema_multi_avg_fn, native_bf16  # noqa: E402
 from scripts.transforms import RandHueSaturationd, RandVignetted  # noqa: E402
 from scripts.tune_threshold import fold_threshold  # noqa: E402
 
@@ -78,6 +78,24 @@ def test_warmup_then_cosine():
     assert all(a >= b for a, b in zip(after, after[1:]))
     with pytest.raises(ValueError):
         WarmupCosine(total_steps=10, warmup_steps=10)
+
+
+def test_from_scratch_the_ema_forgets_the_initialisation():
+    """A batch-norm layer whose variance falls from its initial 1 to 0.01: after 200 updates the warmed-up average
+    is there, while a fixed decay of 0.998 still holds two thirds of the initial value."""
+    net = torch.nn.BatchNorm2d(4)
+    averages = {warmup: torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(0.998, warmup=warmup), use_buffers=True)
+                for warmup in (True, False)}
+    for ema in averages.values():
+        ema.update_parameters(net)  # the first update copies the initialisation
+    net.running_var.fill_(0.01)
+    for _ in range(200):
+        for ema in averages.values():
+            ema.update_parameters(net)
+    assert torch.allclose(averages[True].module.running_var, torch.full((4,), 0.01), rtol=1e-3)
+    assert averages[False].module.running_var.min() > 0.6
+    with pytest.raises(ValueError):
+        ema_multi_avg_fn(1.5)
 
 
 def test_progressive_resize_follows_the_epoch():

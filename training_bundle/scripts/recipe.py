@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from monai.engines.utils import default_prepare_batch
 
-__all__ = ["MixedPrecision", "WarmupCosine", "EMAUpdate", "ProgressiveResize", "autocast_dtype", "native_bf16"]
+__all__ = ["MixedPrecision", "WarmupCosine", "EMAUpdate", "ema_multi_avg_fn", "ProgressiveResize", "autocast_dtype", "native_bf16"]
 
 _DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -94,6 +94,34 @@ class WarmupCosine:
             return self.start_factor + (1.0 - self.start_factor) * step / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
         return self.final_factor + (1.0 - self.final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def ema_multi_avg_fn(decay: float, warmup: bool = True):
+    """The EMA step for ``torch.optim.swa_utils.AveragedModel(multi_avg_fn=...)``: ``ema += (1 - d) * (w - ema)``
+    with ``d = decay``, or with ``warmup`` ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates (the
+    warm-up of TensorFlow's ``ExponentialMovingAverage(num_updates=...)``).
+
+    Why the warm-up: trained from scratch, the average starts at the random initialisation, and at a fixed decay
+    of 0.998 that start still held 10% of it after 5 epochs of 227 steps.  Its batch-norm variances (1 at
+    initialisation, a median of 0.007-0.01 in the outermost layers by then) dominated the averaged ones, and the
+    average predicted lesion everywhere (validation Jaccard 0.318-0.319 after epochs 2-5, while the raw weights scored
+    0.68 after epoch 4).  With the warm-up the initialisation's share is below 0.01% after 10 steps, and the
+    decay reaches ``decay`` = 0.998 after about 5,000.  A fine-tune's average starts at the pretrained weights,
+    which are worth keeping: it runs without (``warmup=False``).
+    """
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+
+    @torch.no_grad()
+    def update(averaged: list, current: list, num_updates: torch.Tensor) -> None:
+        d = min(decay, (1.0 + float(num_updates)) / (10.0 + float(num_updates))) if warmup else decay
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:  # integer buffers (batch norm's num_batches_tracked)
+            for a, c in zip(averaged, current):
+                a.copy_(a * d + c * (1.0 - d))
+
+    return update
 
 
 class EMAUpdate:
