@@ -18,7 +18,9 @@ import torch.nn.functional as F
 
 from monai.engines.utils import default_prepare_batch
 
-__all__ = ["MixedPrecision", "WarmupCosine", "EMAUpdate", "ema_multi_avg_fn", "ProgressiveResize", "autocast_dtype", "native_bf16"]
+__all__ = [
+    "MixedPrecision", "WarmupCosine", "EMAUpdate", "ema_multi_avg_fn", "ProgressiveResize", "autocast_dtype", "native_bf16",
+]
 
 _DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -104,10 +106,10 @@ def ema_multi_avg_fn(decay: float, warmup: bool = True):
     Why the warm-up: trained from scratch, the average starts at the random initialisation, and at a fixed decay
     of 0.998 that start still held 10% of it after 5 epochs of 227 steps.  Its batch-norm variances (1 at
     initialisation, a median of 0.007-0.01 in the outermost layers by then) dominated the averaged ones, and the
-    average predicted lesion everywhere (validation Jaccard 0.318-0.319 after epochs 2-5, while the raw weights scored
-    0.68 after epoch 4).  With the warm-up the initialisation's share is below 0.01% after 10 steps, and the
-    decay reaches ``decay`` = 0.998 after about 5,000.  A fine-tune's average starts at the pretrained weights,
-    which are worth keeping: it runs without (``warmup=False``).
+    average predicted lesion everywhere (validation Jaccard 0.318-0.319 after epochs 2-5, while the raw weights
+    scored 0.68 after epoch 4).  With the warm-up the initialisation's share is below 0.01% after 10 steps, and
+    the decay reaches the recipe's 0.998 after about 4,500.  A fine-tune's average starts at the pretrained
+    weights, which are worth keeping: it runs without (``warmup=False``).
     """
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
