@@ -123,7 +123,7 @@ def stage_table(paths: List[Path], model, info: ModelInfo, out: Path, batch: int
         cases = [load_file(p, p.name) for p in chunk]
         seconds["decode"] += time.perf_counter() - t
         t = time.perf_counter()
-        inputs = torch.stack([rgb_to_model_input(c.rgb) for c in cases])
+        inputs = torch.stack([rgb_to_model_input(c.rgb, info.input_size) for c in cases])
         seconds["preprocess"] += time.perf_counter() - t
         t = time.perf_counter()
         with torch.inference_mode():
@@ -182,7 +182,7 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def runtime_table(model: Path, scratch: Path, repeats: int) -> tuple[List[tuple], Dict[str, float]]:
-    """Per-image model time by runtime and batch; and how far ONNX Runtime's output is from TorchScript's."""
+    """Per-image model time by runtime and batch, at the model's input size; and how far ONNX Runtime's output is from TorchScript's."""
     script_file = resolve_model_file(model, kind="torchscript")
     onnx_file = resolve_model_file(model)  # as the app picks it on the CPU
     exported = torch.jit.load(str(script_file)).eval()
@@ -190,7 +190,7 @@ def runtime_table(model: Path, scratch: Path, repeats: int) -> tuple[List[tuple]
     if onnx_file.suffix != ".onnx":  # a TorchScript file alone: export it here to compare
         onnx_file = scratch / "compare.onnx"
         export_onnx(exported, onnx_file)
-    onnx_model, _ = load_model(onnx_file)
+    onnx_model, info = load_model(onnx_file)
     runners: Dict[str, Callable[[torch.Tensor], object]] = {
         "ONNX Runtime (the app on a CPU)": onnx_model,
         "TorchScript as exported (the app on a GPU)": exported,
@@ -199,10 +199,10 @@ def runtime_table(model: Path, scratch: Path, repeats: int) -> tuple[List[tuple]
     rows = []
     with torch.inference_mode():
         for batch in (1, BATCH):
-            x = torch.rand(batch, 3, 256, 256)
+            x = torch.rand(batch, 3, *info.input_size)
             for name, run in runners.items():
                 rows.append((name, batch, 1e3 * median_seconds(lambda: run(x), repeats) / batch))
-        photos = torch.stack([rgb_to_model_input(photo) for photo in sample_photos()])
+        photos = torch.stack([rgb_to_model_input(photo, info.input_size) for photo in sample_photos()])
         reference, ours = exported(photos), onnx_model(photos)
     agreement = {"max_abs_logit": float((ours - reference).abs().max()),
                  "mask_pixels_differing": float(((ours > 0) != (reference > 0)).float().mean())}
@@ -262,7 +262,7 @@ def main() -> None:
             measure_size(FULL_RES_SIZE, args.full_res_cases, args.full_res_cases, model, loaded, info, args.batch, scratch)
         runtimes, agreement = runtime_table(model, scratch, args.repeats)
 
-    print("\nModel call per image, 256x256 (median)\n")
+    print(f"\nModel call per image, {info.input_size[1]}x{info.input_size[0]} (median)\n")
     base = {b: ms for name, b, ms in runtimes if name.startswith("TorchScript as exported")}
     print("| runtime | batch | ms per image | vs TorchScript as exported |")
     print("|---|---:|---:|---:|")

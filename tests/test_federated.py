@@ -107,14 +107,15 @@ def test_the_global_model_is_exported_as_every_version_and_installs(federation):
 
     net = _network().eval()
     net.load_state_dict(_load(models / "model.pt"))
-    x = torch.rand(1, 3, 256, 256)
+    size = metadata["network_data_format"]["inputs"]["image"]["spatial_shape"]
+    x = torch.rand(1, 3, *size)
     with torch.no_grad():
         expected = net(x)
         assert torch.allclose(torch.jit.load(str(torchscript))(x), expected, atol=1e-4)
     for name, atol in (("model.onnx", 1e-3), ("model_int8.onnx", None)):
         session = onnxruntime.InferenceSession(str(models / name), providers=["CPUExecutionProvider"])
         got = session.run(["pred"], {"image": x.numpy()})[0]
-        assert got.shape == (1, 1, 256, 256) and np.isfinite(got).all()
+        assert got.shape == (1, 1, *size) and np.isfinite(got).all()
         if atol:
             assert np.allclose(got, expected.numpy(), atol=atol)
 

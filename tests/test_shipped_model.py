@@ -28,7 +28,7 @@ def test_model_int8_is_model_onnx_quantized():
     int8_model, int8_info = load_model(MODELS / "model_int8.onnx")
     assert (int8_info.name, int8_info.version, int8_info.input_size, int8_info.mask_cleanup) == (
         float_info.name, float_info.version, float_info.input_size, float_info.mask_cleanup)
-    inputs = torch.stack([rgb_to_model_input(isic_rgb(f"ISIC_000000{i}", None)) for i in range(3)])
+    inputs = torch.stack([rgb_to_model_input(isic_rgb(f"ISIC_000000{i}", None), float_info.input_size) for i in range(3)])
     agreement = ((float_model(inputs).numpy() > 0) == (int8_model(inputs).numpy() > 0)).mean()
     assert agreement > 0.98
 
@@ -38,7 +38,7 @@ def test_model_onnx_and_model_ts_are_the_same_weights():
     onnx_model, onnx_info = load_model(MODELS / "model.onnx")
     script_model, script_info = load_torchscript_model(MODELS / "model.ts")
     assert onnx_info == script_info
-    inputs = torch.stack([rgb_to_model_input(isic_rgb(f"ISIC_000000{i}", None)) for i in range(3)])
+    inputs = torch.stack([rgb_to_model_input(isic_rgb(f"ISIC_000000{i}", None), onnx_info.input_size) for i in range(3)])
     with torch.inference_mode():
         expected = script_model(inputs).numpy()
     got = onnx_model(inputs).numpy()
