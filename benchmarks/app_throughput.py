@@ -182,7 +182,8 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def runtime_table(model: Path, scratch: Path, repeats: int) -> tuple[List[tuple], Dict[str, float]]:
-    """Per-image model time by runtime and batch, at the model's input size; and how far ONNX Runtime's output is from TorchScript's."""
+    """Per-image model time by runtime and batch, at the model's input size; and how far ONNX Runtime's output is
+    from TorchScript's."""
     script_file = resolve_model_file(model, kind="torchscript")
     onnx_file = resolve_model_file(model)  # as the app picks it on the CPU
     exported = torch.jit.load(str(script_file)).eval()
