@@ -316,8 +316,10 @@ def test_shipped_metadata_tells_the_truth():
     assert pred["mask_cleanup"] == mask_cleanup_of(metadata)  # stated, and one the app and the evaluation know
     # the size the shipped model is fed (the app reads it from the metadata) is the size its recipe trains and the
     # bundle's evaluation scores at
-    layered = {**json.loads((BUNDLE_ROOT / "configs" / "train.json").read_text()),
-               **json.loads((BUNDLE_ROOT / "configs" / "train_recipe.json").read_text())}
+    from monai.bundle import ConfigParser
+
+    layered = ConfigParser()
+    layered.read_config([str(BUNDLE_ROOT / "configs" / name) for name in ("train.json", "train_recipe.json")])
     assert pred["spatial_shape"] == image["spatial_shape"] == layered["image_size"]
 
 

@@ -113,10 +113,12 @@ def ema_multi_avg_fn(decay: float, warmup: bool = True):
     """
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+    if not warmup:
+        return torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
 
     @torch.no_grad()
     def update(averaged: list, current: list, num_updates: torch.Tensor) -> None:
-        d = min(decay, (1.0 + float(num_updates)) / (10.0 + float(num_updates))) if warmup else decay
+        d = min(decay, (1.0 + float(num_updates)) / (10.0 + float(num_updates)))
         if torch.is_floating_point(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1.0 - d)
         else:  # integer buffers (batch norm's num_batches_tracked)
