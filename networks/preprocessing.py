@@ -2,7 +2,7 @@
 """The model's input contract, in one place for training (the bundle) and serving (the app).
 
 The exported model takes float RGB in [0, 1], NCHW, at the square size its metadata states (``MODEL_INPUT_SIZE``
-for one that states none: every version before 0.5.0 was 256 px; 0.5.0 is 128), and returns one channel of
+for one that states none: every version before 0.5.0 was 256 px; 0.5.0 and later are 128), and returns one channel of
 lesion logits at that size.  Photos of any size are squashed to that square (no aspect-ratio padding: the ISIC
 data the model learns from were squashed the same way), and the logits are resized back to the photo's size
 before the sigmoid, so a mask lines up with its source pixel for pixel.
