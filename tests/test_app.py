@@ -160,21 +160,31 @@ def test_batch_that_cannot_run_exits_non_zero(tmp_path, tiny_model_path):
 
 
 def test_the_app_program_leaves_out_the_unused_packages_and_an_import_of_it_does_not(tmp_path):
-    """MONAI imports ignite, matplotlib, nibabel and scipy.signal wherever they are installed; ``python -m
-    monai_app`` leaves them out (monai_app/startup.py), while importing the module keeps them."""
+    """MONAI imports ignite, matplotlib, nibabel, scipy.signal, CuPy, TensorBoard and scipy.ndimage wherever they
+    are installed; ``python -m monai_app`` leaves them out (monai_app/startup.py), and scipy.ndimage, imported only
+    while MONAI loads, is there when a mask clean-up needs it; importing the module keeps them all."""
     probe = (
-        "import runpy, sys\n"
+        "import os, runpy, sys\n"
+        "import numpy as np\n"
+        "def leave(status):\n    raise SystemExit(status)\n"
+        "os._exit = leave  # the program ends with os._exit; this probe goes on to look at what it imported\n"
+        "unused = sys.argv[3].split(',')\n"
         "sys.argv = ['monai_app', '-i', sys.argv[1], '-o', sys.argv[2]]\n"
         "try:\n    runpy.run_module('monai_app', run_name='__main__')\n"
         "except SystemExit as stop:\n    print('exit', stop.code)\n"
-        "print('absent', sorted(n for n in ('ignite', 'matplotlib', 'nibabel', 'scipy.signal')"
-        " if sys.modules.get(n, 0) is None))\n"
+        "print('absent', sorted(n for n in unused if sys.modules.get(n, 0) is None))\n"
+        "from networks.preprocessing import clean_mask\n"
+        "ring = np.pad(np.pad(np.zeros((3, 3), bool), 2, constant_values=True), 1)\n"
+        "print('filled', int(clean_mask(ring, 'largest+fill_holes').sum()), 'of', int(ring.sum()))\n"
     )
+    unused = "cupy,ignite,matplotlib,nibabel,scipy.signal,tensorboard"
     (tmp_path / "in").mkdir()
     env = dict(os.environ, DERMSEG_CONFIDENCE_THRESHOLD="2")  # stops at the settings check, after the imports
-    program = subprocess.run([PYTHON, "-c", probe, str(tmp_path / "in"), str(tmp_path / "out")], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=240)
-    assert "exit 2" in program.stdout and "absent ['ignite', 'matplotlib', 'nibabel', 'scipy.signal']" in program.stdout
+    program = subprocess.run([PYTHON, "-c", probe, str(tmp_path / "in"), str(tmp_path / "out"), unused], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=240)
+    assert "exit 2" in program.stdout, program.stderr[-2000:]
+    assert f"absent {unused.split(',')}" in program.stdout
+    assert "filled 49 of 40" in program.stdout, program.stderr[-2000:]  # the 7x7 ring with its 3x3 hole filled
     imported = subprocess.run([PYTHON, "-c", "import monai_app.__main__, ignite; print('ignite', ignite.__version__)"],
                               cwd=REPO, capture_output=True, text=True, timeout=240)
     assert imported.returncode == 0 and "ignite 0." in imported.stdout, imported.stderr[-2000:]
