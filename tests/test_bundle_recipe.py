@@ -80,6 +80,12 @@ def test_warmup_then_cosine():
         WarmupCosine(total_steps=10, warmup_steps=10)
 
 
+def test_a_cool_down_has_no_warm_up():
+    """``--warmup_epochs 0`` (the docs' cool-down of a run's EMA): the cosine starts at the full rate at step 0."""
+    f = WarmupCosine(total_steps=300, warmup_steps=0, final_factor=0.01)
+    assert f(0) == pytest.approx(1.0) and f(150) == pytest.approx(0.505) and f(300) == pytest.approx(0.01)
+
+
 def test_from_scratch_the_ema_forgets_the_initialisation():
     """A batch-norm layer whose variance falls from its initial 1 to 0.01: after 200 updates the warmed-up average
     is there, while a fixed decay of 0.998 still holds two thirds of the initial value."""
