@@ -22,7 +22,7 @@ sys.path.insert(0, str(BUNDLE_ROOT))
 
 from networks import RIBCUNet  # noqa: E402
 from networks.preprocessing import clean_mask, mask_cleanup_of, probability_to_mask  # noqa: E402
-from scripts.recipe import MixedPrecision, ProgressiveResize, WarmupCosine, autocast_dtype, ema_multi_avg_fn, native_bf16  # noqa: E402
+from scripts.recipe import MixedPrecision, ProgressiveResize, warmup_cosine, autocast_dtype, ema_multi_avg_fn, native_bf16  # noqa: E402
 from scripts.transforms import RandHueSaturationd, RandVignetted  # noqa: E402
 from scripts.tune_threshold import fold_threshold  # noqa: E402
 
@@ -70,20 +70,42 @@ def test_auto_precision_autocasts_only_where_bf16_is_native():
     assert autocast_dtype("bf16", "cpu") == torch.bfloat16 and autocast_dtype("fp32", "cuda") is None
 
 def test_warmup_then_cosine():
-    f = WarmupCosine(total_steps=100, warmup_steps=10, start_factor=0.1, final_factor=0.01)
+    f = warmup_cosine(total_steps=100, warmup_steps=10, start_factor=0.1, final_factor=0.01)
     assert f(0) == pytest.approx(0.1) and f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.01 + 0.99 * 0.5)
     assert f(100) == pytest.approx(0.01) and f(500) == pytest.approx(0.01)
     after = [f(s) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(after, after[1:]))
     with pytest.raises(ValueError):
-        WarmupCosine(total_steps=10, warmup_steps=10)
+        warmup_cosine(total_steps=10, warmup_steps=10)
 
 
 def test_a_cool_down_has_no_warm_up():
     """``--warmup_epochs 0`` (the docs' cool-down of a run's EMA): the cosine starts at the full rate at step 0."""
-    f = WarmupCosine(total_steps=300, warmup_steps=0, final_factor=0.01)
+    f = warmup_cosine(total_steps=300, warmup_steps=0, final_factor=0.01)
     assert f(0) == pytest.approx(1.0) and f(150) == pytest.approx(0.505) and f(300) == pytest.approx(0.01)
+
+
+def test_a_resumed_schedule_follows_the_config():
+    """Resumed with a larger ``--epochs``, the cosine is stretched: the checkpoint restores the step count, not
+    the length, also from a checkpoint that saved the length (written before the schedule became a function)."""
+    def scheduler(total_steps):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps=total_steps, warmup_steps=10))
+
+    short = scheduler(100)
+    for _ in range(50):
+        short.optimizer.step()
+        short.step()
+    state = short.state_dict()
+    old_style = {**state, "lr_lambdas": [{"total_steps": 100, "warmup_steps": 10, "start_factor": 0.01, "final_factor": 0.01}]}
+    for saved in (state, old_style):
+        longer = scheduler(200)
+        longer.load_state_dict(saved)
+        longer.optimizer.step()
+        longer.step()
+        assert longer.get_last_lr()[0] == pytest.approx(warmup_cosine(200, 10)(51))
+        assert longer.get_last_lr()[0] > warmup_cosine(100, 10)(51) + 0.2
 
 
 def test_from_scratch_the_ema_forgets_the_initialisation():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.engines.utils import default_prepare_batch
 
 __all__ = [
-    "MixedPrecision", "WarmupCosine", "EMAUpdate", "ema_multi_avg_fn", "ProgressiveResize", "autocast_dtype", "native_bf16",
+    "MixedPrecision", "warmup_cosine", "EMAUpdate", "ema_multi_avg_fn", "ProgressiveResize", "autocast_dtype", "native_bf16",
 ]
 
 _DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
@@ -81,21 +81,25 @@ class MixedPrecision(nn.Module):
         return y.float()
 
 
-class WarmupCosine:
+def warmup_cosine(total_steps: int, warmup_steps: int = 0, start_factor: float = 0.01, final_factor: float = 0.01) -> Callable[[int], float]:
     """Learning-rate factor for ``LambdaLR`` stepped every iteration: linear warm-up from ``start_factor`` to 1
-    over ``warmup_steps``, then cosine decay to ``final_factor`` at ``total_steps`` (held there after)."""
+    over ``warmup_steps``, then cosine decay to ``final_factor`` at ``total_steps`` (held there after).
 
-    def __init__(self, total_steps: int, warmup_steps: int = 0, start_factor: float = 0.01, final_factor: float = 0.01) -> None:
-        if total_steps < 1 or not 0 <= warmup_steps < total_steps:
-            raise ValueError(f"need 0 <= warmup_steps < total_steps, got {warmup_steps} and {total_steps}")
-        self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
-        self.start_factor, self.final_factor = float(start_factor), float(final_factor)
+    A plain function, not a callable object, because ``LambdaLR`` saves a callable object's attributes in its
+    state and restores them on resume: the schedule would keep the length the run started with under any later
+    ``--epochs``.  A function leaves the length to the config, so a resumed run with a larger ``--epochs``
+    stretches the cosine (the rate steps up to where the longer curve is at that iteration)."""
+    if total_steps < 1 or not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"need 0 <= warmup_steps < total_steps, got {warmup_steps} and {total_steps}")
+    total_steps, warmup_steps, start_factor, final_factor = int(total_steps), int(warmup_steps), float(start_factor), float(final_factor)
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.start_factor + (1.0 - self.start_factor) * step / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
-        return self.final_factor + (1.0 - self.final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return start_factor + (1.0 - start_factor) * step / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
 
 
 def ema_multi_avg_fn(decay: float, warmup: bool = True):
