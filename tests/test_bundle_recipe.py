@@ -22,7 +22,7 @@ sys.path.insert(0, str(BUNDLE_ROOT))
 
 from networks import RIBCUNet  # noqa: E402
 from networks.preprocessing import clean_mask, mask_cleanup_of, probability_to_mask  # noqa: E402
-from scripts.recipe import MixedPrecision, ProgressiveResize, warmup_cosine, autocast_dtype, ema_multi_avg_fn, native_bf16  # noqa: E402
+from scripts.recipe import MixedPrecision, ProgressiveResize, autocast_dtype, ema_multi_avg_fn, native_bf16, warmup_cosine  # noqa: E402
 from scripts.transforms import RandHueSaturationd, RandVignetted  # noqa: E402
 from scripts.tune_threshold import fold_threshold  # noqa: E402
 
