@@ -4,16 +4,15 @@
 ``import monai`` imports every MONAI module, and with them every optional package that is installed.  The app
 and the edge service use none of ``UNUSED_BY_THE_APP``: marked absent, each is skipped as where it is not
 installed (MONAI imports them through ``optional_import``), and a program starts sooner (the README's
-Performance section).  ``IMPORTED_WHEN_NEEDED`` are left out only while MONAI loads: the app imports them itself,
-later, where a case needs them.  Only the programs call this, as ``__main__``: a process that imports the app's
-modules (the tests, the bundle) keeps every package.
+Performance section).  Only the programs call this, as ``__main__``: a process that imports the app's modules
+(the tests, the bundle) keeps every package.
 """
 
 from __future__ import annotations
 
 import sys
 
-__all__ = ["IMPORTED_WHEN_NEEDED", "UNUSED_BY_THE_APP", "leave_out_unused_packages"]
+__all__ = ["UNUSED_BY_THE_APP", "leave_out_unused_packages"]
 
 # name -> why MONAI imports it; the first three are in the development environment for the training bundle only
 UNUSED_BY_THE_APP = {
@@ -28,20 +27,10 @@ UNUSED_BY_THE_APP = {
     "tensorboard": "MONAI's TensorBoard plots (training)",
 }
 
-# name -> who needs it: about 0.35 s of imports that a model without a mask clean-up never uses
-IMPORTED_WHEN_NEEDED = {
-    "scipy.ndimage": "networks.preprocessing.clean_mask, for a model whose metadata asks for a clean-up",
-}
-
 
 def leave_out_unused_packages() -> None:
-    """Import MONAI without ``UNUSED_BY_THE_APP`` (importing one fails in this process from now on, as where it
-    is not installed; one already imported stays) and without ``IMPORTED_WHEN_NEEDED`` (importable again
-    afterwards; MONAI's own functions that use one stay without it, and the app calls none of them)."""
-    for name in (*UNUSED_BY_THE_APP, *IMPORTED_WHEN_NEEDED):
+    """Import MONAI without ``UNUSED_BY_THE_APP``: importing one fails in this process from now on, as where it is
+    not installed (one already imported stays)."""
+    for name in UNUSED_BY_THE_APP:
         sys.modules.setdefault(name, None)
     import monai  # noqa: F401  (every MONAI module, now, while the packages above are absent)
-
-    for name in IMPORTED_WHEN_NEEDED:
-        if name in sys.modules and sys.modules[name] is None:
-            del sys.modules[name]

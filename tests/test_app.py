@@ -160,9 +160,9 @@ def test_batch_that_cannot_run_exits_non_zero(tmp_path, tiny_model_path):
 
 
 def test_the_app_program_leaves_out_the_unused_packages_and_an_import_of_it_does_not(tmp_path):
-    """MONAI imports ignite, matplotlib, nibabel, scipy.signal, CuPy, TensorBoard and scipy.ndimage wherever they
-    are installed; ``python -m monai_app`` leaves them out (monai_app/startup.py), and scipy.ndimage, imported only
-    while MONAI loads, is there when a mask clean-up needs it; importing the module keeps them all."""
+    """MONAI imports ignite, matplotlib, nibabel, scipy.signal, CuPy and TensorBoard wherever they are installed;
+    ``python -m monai_app`` leaves them out (monai_app/startup.py) and still has scipy.ndimage for the mask
+    clean-up; importing the module keeps them all."""
     probe = (
         "import os, runpy, sys\n"
         "import numpy as np\n"
