@@ -22,6 +22,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
+from networks.preprocessing import mask_bounding_box
+
 from .case import ModelInfo
 from .conventions import MANUFACTURER
 
@@ -224,9 +226,14 @@ def overlay_rgb(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> np.nd
     # as long for the same pixels
     tinted = photo.point(_tint_table(alpha))
     out = PIL.Image.composite(tinted, photo, PIL.Image.fromarray(mask))
-    thickness = max(1, min(mask.shape) // 200)  # visible at any photo size
-    outline = mask & ~ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
-    out.paste((255, 255, 0), mask=PIL.Image.fromarray(outline))
+    box = mask_bounding_box(mask)
+    if box is not None:
+        thickness = max(1, min(mask.shape) // 200)  # visible at any photo size
+        # eroded inside the lesion's bounding box: what lies beyond it is background, as the border value says
+        inside = mask[box]
+        outline = np.zeros_like(mask)
+        outline[box] = inside & ~ndimage.binary_erosion(inside, iterations=thickness, border_value=0)
+        out.paste((255, 255, 0), mask=PIL.Image.fromarray(outline))
     return np.asarray(out)
 
 

@@ -194,6 +194,10 @@ def test_hole_filling_matches_scipy_and_masks_are_cleaned_per_image():
         mask = rng.random((int(rng.integers(1, 30)), int(rng.integers(1, 30)))) < rng.random()
         mask = ndimage.binary_dilation(mask) if i % 2 else mask
         np.testing.assert_array_equal(clean_mask(mask, "fill_holes"), ndimage.binary_fill_holes(mask))
+        canvas = np.zeros((40, 50), bool)  # the same mask somewhere in a larger photo, at its edges too
+        top, left = int(rng.integers(0, 41 - mask.shape[0])), int(rng.integers(0, 51 - mask.shape[1]))
+        canvas[top : top + mask.shape[0], left : left + mask.shape[1]] = mask
+        np.testing.assert_array_equal(clean_mask(canvas, "fill_holes"), ndimage.binary_fill_holes(canvas))
     probability = torch.zeros(2, 1, 20, 20)
     probability[0, 0, 2:12, 2:12] = 0.9
     probability[0, 0, 15:17, 15:17] = 0.9

@@ -532,6 +532,20 @@ def test_overlay_png_and_secondary_capture(tmp_path, rgb, tiny_model_path):
     assert load_file(path, "sc.dcm").status == "skipped"
 
 
+def test_the_overlay_outline_is_the_lesions_edge_wherever_the_lesion_lies():
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 200, (300, 400, 3), dtype=np.uint8)  # no pure yellow in the photo
+    thickness = 300 // 200
+    for top, left, height, width in [(100, 150, 60, 80), (0, 0, 40, 400), (250, 380, 50, 20), (0, 0, 300, 400)]:
+        mask = np.zeros((300, 400), bool)
+        mask[top : top + height, left : left + width] = rng.random((height, width)) < 0.9  # ragged, with holes
+        overlay = overlay_rgb(photo, mask)
+        yellow = (overlay == [255, 255, 0]).all(axis=-1)
+        expected = mask & ~ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
+        np.testing.assert_array_equal(yellow, expected)  # the border of the photo counts as outside the lesion
+    np.testing.assert_array_equal(overlay_rgb(photo, np.zeros((300, 400), bool)), photo)  # no lesion: the photo
+
+
 def test_the_overlay_png_of_a_camera_photo_is_reduced_to_fit_a_screen(tmp_path):
     from operators.writers import OVERLAY_PNG_MAX_SIDE, write_png
 
