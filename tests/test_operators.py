@@ -535,6 +535,7 @@ def test_overlay_png_and_secondary_capture(tmp_path, rgb, tiny_model_path):
 def test_the_overlay_outline_is_the_lesions_edge_wherever_the_lesion_lies():
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 200, (300, 400, 3), dtype=np.uint8)  # no pure yellow in the photo
+    original = photo.copy()
     thickness = 300 // 200
     for top, left, height, width in [(100, 150, 60, 80), (0, 0, 40, 400), (250, 380, 50, 20), (0, 0, 300, 400)]:
         mask = np.zeros((300, 400), bool)
@@ -544,6 +545,7 @@ def test_the_overlay_outline_is_the_lesions_edge_wherever_the_lesion_lies():
         expected = mask & ~ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
         np.testing.assert_array_equal(yellow, expected)  # the border of the photo counts as outside the lesion
     np.testing.assert_array_equal(overlay_rgb(photo, np.zeros((300, 400), bool)), photo)  # no lesion: the photo
+    np.testing.assert_array_equal(photo, original)  # drawn on a copy
 
 
 def test_the_overlay_png_of_a_camera_photo_is_reduced_to_fit_a_screen(tmp_path):
