@@ -4,12 +4,11 @@
 The bundle exports the same weights three times: ``model.ts`` (TorchScript, ``ckpt_export``), ``model.onnx``
 (``scripts/export_onnx.py``) and ``model_int8.onnx`` (``scripts/quantize_onnx.py``, the ONNX model with int8
 weights and activations).  On the CPU, ONNX Runtime runs this network faster than TorchScript and needs no
-warm-up calls, and the int8 model in 0.65x-1.0x of the float model's time on a CPU with VNNI and 0.85x on one
-with AVX2 only (``benchmarks/network_speed.py`` measures all three), so a folder
-is served with ONNX Runtime on the CPU (the int8 model where there is one, unless precision ``"fp32"`` is asked
-for) and with TorchScript on a GPU.  Either way the model is a callable from a float
-(N, 3, H, W) tensor to (N, 1, H, W) logits, at the input size ``(H, W)`` its embedded metadata states
-(``ModelInfo.input_size``).
+warm-up calls, and the int8 model in 0.65x-1.0x of the float model's time on a CPU with VNNI and about 1.0x on
+one with AVX2 only (``benchmarks/network_speed.py`` measures all three, ``benchmarks/int8_profile.py`` why), so a
+folder is served with ONNX Runtime on the CPU (the int8 model where there is one, unless precision ``"fp32"`` is
+asked for) and with TorchScript on a GPU.  Either way the model is a callable from a float (N, 3, H, W) tensor to
+(N, 1, H, W) logits, at the input size ``(H, W)`` its embedded metadata states (``ModelInfo.input_size``).
 """
 
 from __future__ import annotations
