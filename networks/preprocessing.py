@@ -166,8 +166,8 @@ def clean_mask(mask: np.ndarray, cleanup: str = "none") -> np.ndarray:
 
 def mask_bounding_box(mask: np.ndarray) -> Optional[Tuple[slice, slice]]:
     """The smallest ``(rows, columns)`` slices holding every pixel of a ``(H, W)`` mask; None for an empty mask.
-    Steps that only change the lesion or what it encloses (hole filling, the overlay's outline) work inside it:
-    on a camera photo the lesion is a fraction of the pixels."""
+    Steps that only change the lesion or what it encloses (hole filling, the overlay's tint and outline) work
+    inside it: on a camera photo the lesion is a fraction of the pixels."""
     rows = np.flatnonzero(np.any(mask, axis=1))
     if rows.size == 0:
         return None
@@ -179,8 +179,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_fill_holes(mask)`` (background 4-connected to the border stays background, the rest
     becomes lesion) by one labelling of the background, not its repeated dilations, which take seconds on a
     camera photo; and only inside the lesion's bounding box, which holds every hole: the background outside it
-    reaches the border, and so does any background on the box's edge, next to it (half the time on the sample
-    photos)."""
+    reaches the border, and so does any background on the box's edge, next to it."""
     from scipy import ndimage
 
     box = mask_bounding_box(mask)

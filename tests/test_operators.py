@@ -534,17 +534,17 @@ def test_overlay_png_and_secondary_capture(tmp_path, rgb, tiny_model_path):
 
 def test_the_overlay_outline_is_the_lesions_edge_wherever_the_lesion_lies():
     rng = np.random.default_rng(0)
-    photo = rng.integers(0, 200, (300, 400, 3), dtype=np.uint8)  # no pure yellow in the photo
+    photo = rng.integers(0, 200, (600, 800, 3), dtype=np.uint8)  # no pure yellow in the photo
     original = photo.copy()
-    thickness = 300 // 200
-    for top, left, height, width in [(100, 150, 60, 80), (0, 0, 40, 400), (250, 380, 50, 20), (0, 0, 300, 400)]:
-        mask = np.zeros((300, 400), bool)
+    thickness = 600 // 200  # the outline's width in pixels at this size
+    for top, left, height, width in [(200, 300, 120, 160), (0, 0, 80, 800), (500, 760, 100, 40), (0, 0, 600, 800)]:
+        mask = np.zeros((600, 800), bool)
         mask[top : top + height, left : left + width] = rng.random((height, width)) < 0.9  # ragged, with holes
         overlay = overlay_rgb(photo, mask)
         yellow = (overlay == [255, 255, 0]).all(axis=-1)
         expected = mask & ~ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
         np.testing.assert_array_equal(yellow, expected)  # the border of the photo counts as outside the lesion
-    np.testing.assert_array_equal(overlay_rgb(photo, np.zeros((300, 400), bool)), photo)  # no lesion: the photo
+    np.testing.assert_array_equal(overlay_rgb(photo, np.zeros((600, 800), bool)), photo)  # no lesion: the photo
     np.testing.assert_array_equal(photo, original)  # drawn on a copy
 
 
