@@ -29,17 +29,14 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from operators.model import load_model, resolve_model_file  # noqa: E402
+from operators.model import load_model, onnx_session_options, resolve_model_file  # noqa: E402
 
 LEVELS = [name for name in ("ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_LAYOUT", "ORT_ENABLE_ALL")
           if hasattr(ort.GraphOptimizationLevel, name)]
 
 
 def session(path: Path, level: str, profile_prefix: str | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the app runs it
+    options = onnx_session_options()  # the app's
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     if profile_prefix:
         options.enable_profiling = True

@@ -26,8 +26,8 @@ from networks.preprocessing import MODEL_INPUT_SIZE, mask_cleanup_of
 from .case import ModelInfo
 
 __all__ = [
-    "resolve_model_file", "load_model", "load_torchscript_model", "OnnxRuntimeModel", "read_model_info",
-    "read_torchscript_metadata",
+    "resolve_model_file", "load_model", "load_torchscript_model", "OnnxRuntimeModel", "onnx_session_options",
+    "read_model_info", "read_torchscript_metadata",
 ]
 
 TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".pth", ".zip")
@@ -146,19 +146,27 @@ def _input_size(metadata: dict, name: str) -> Tuple[int, int]:
     return size
 
 
+def onnx_session_options():
+    """ONNX Runtime's session options as the app runs a model (``benchmarks/int8_profile.py`` times it so too)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # as many threads as torch uses: OMP_NUM_THREADS and the container's CPU limit apply to both runtimes
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    # The app runs its other steps (decoding, writing) beside the model: threads that spin after each call,
+    # ONNX Runtime's default, take a core from them (the whole app: 17.7 s against 18.5 s for 60 cases)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxRuntimeModel:
     """An ONNX model in an ONNX Runtime session, called like the TorchScript module: tensor in, tensor out."""
 
     def __init__(self, path: Path, device: torch.device):
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        # as many threads as torch uses: OMP_NUM_THREADS and the container's CPU limit apply to both runtimes
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        # The app runs its other steps (decoding, writing) beside the model: threads that spin after each call,
-        # ONNX Runtime's default, take a core from them (the whole app: 17.7 s against 18.5 s for 60 cases)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = onnx_session_options()
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
